@@ -1,0 +1,225 @@
+"""Amazon SQS through boto3 (or any SQS-compatible server named by AWS_ENDPOINT_URL_SQS)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ..settings import Settings
+from .base import MAX_BATCH_ENTRIES, SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, QueueUnavailable, SendResult
+
+log = logging.getLogger(__name__)
+
+ENTRY_RETRIES = 3
+RETRY_BASE_SECONDS = 0.1
+
+
+def region_from_url(url: str) -> str | None:
+    """`https://sqs.eu-west-1.amazonaws.com/123/q` -> `eu-west-1`."""
+    host = url.split("//", 1)[-1].split("/", 1)[0]
+    parts = host.split(".")
+    if len(parts) >= 4 and parts[0] == "sqs" and parts[2] == "amazonaws":
+        return parts[1]
+    return None
+
+
+def make_client(settings: Settings, max_attempts: int = 5) -> Any:
+    config = Config(
+        retries={"mode": "standard", "max_attempts": max_attempts},
+        connect_timeout=5,
+        read_timeout=30,  # longer than the 20 s long poll
+    )
+    kwargs: dict[str, Any] = {
+        "region_name": settings.aws_region or region_from_url(settings.queue_url or "") or "us-east-1",
+        "config": config,
+    }
+    if settings.aws_endpoint_url:
+        kwargs["endpoint_url"] = settings.aws_endpoint_url
+    if settings.aws_key and settings.aws_secret:
+        kwargs["aws_access_key_id"] = settings.aws_key
+        kwargs["aws_secret_access_key"] = settings.aws_secret
+    return boto3.client("sqs", **kwargs)
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+class SqsQueue:
+    backend = "sqs"
+
+    def __init__(self, url: str, client: Any) -> None:
+        self.url = url
+        self.client = client
+        self._max_message_bytes: int | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SqsQueue:
+        assert settings.queue_url
+        return cls(settings.queue_url, make_client(settings))
+
+    def __repr__(self) -> str:
+        return f"SqsQueue({self.url!r})"
+
+    def _call(self, name: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            return getattr(self.client, name)(QueueUrl=self.url, **kwargs)
+        except (BotoCoreError, ClientError) as exc:
+            raise QueueUnavailable(f"SQS {name} failed for {self.url}: {_describe(exc)}") from exc
+
+    def max_message_bytes(self) -> int:
+        """The queue's MaximumMessageSize, read once; 256 KiB when it cannot be read."""
+        if self._max_message_bytes is None:
+            try:
+                attrs = self._call("get_queue_attributes", AttributeNames=["MaximumMessageSize"])
+                self._max_message_bytes = int(attrs["Attributes"]["MaximumMessageSize"])
+            except (QueueUnavailable, KeyError, ValueError) as exc:
+                log.warning(
+                    "could not read MaximumMessageSize, assuming %d bytes: %s", SQS_LEGACY_MAX_MESSAGE_BYTES, exc
+                )
+                self._max_message_bytes = SQS_LEGACY_MAX_MESSAGE_BYTES
+        return self._max_message_bytes
+
+    def _batches(self, sizes: list[int], indexes: list[int]) -> Iterator[list[int]]:
+        """Group entries so each call has at most 10 entries and at most the size limit in total."""
+        limit = self.max_message_bytes()
+        batch: list[int] = []
+        total = 0
+        for i in indexes:
+            if batch and (len(batch) == MAX_BATCH_ENTRIES or total + sizes[i] > limit):
+                yield batch
+                batch, total = [], 0
+            batch.append(i)
+            total += sizes[i]
+        if batch:
+            yield batch
+
+    def _with_entry_retries(
+        self, indexes: list[int], call: Callable[[list[int]], tuple[list[int], dict[int, str]]]
+    ) -> dict[int, str]:
+        """Run `call` on entries, retrying failed ones with backoff; return what still failed."""
+        pending = list(indexes)
+        reasons: dict[int, str] = {}
+        for attempt in range(ENTRY_RETRIES + 1):
+            if attempt:
+                time.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1))
+            _ok, failed = call(pending)
+            reasons = failed
+            pending = sorted(failed)
+            if not pending:
+                return {}
+        return reasons
+
+    def send_all(self, bodies: list[str]) -> SendResult:
+        sizes = [len(b.encode("utf-8")) for b in bodies]
+        ids: dict[int, str] = {}
+
+        def send(indexes: list[int]) -> tuple[list[int], dict[int, str]]:
+            failed: dict[int, str] = {}
+            for batch in self._batches(sizes, indexes):
+                try:
+                    resp = self._call(
+                        "send_message_batch",
+                        Entries=[{"Id": str(i), "MessageBody": bodies[i]} for i in batch],
+                    )
+                except QueueUnavailable as exc:
+                    failed.update({i: str(exc) for i in batch})
+                    continue
+                for ok in resp.get("Successful", []):
+                    ids[int(ok["Id"])] = ok["MessageId"]
+                for bad in resp.get("Failed", []):
+                    failed[int(bad["Id"])] = f"{bad.get('Code')}: {bad.get('Message', '')}"
+            return [i for i in indexes if i not in failed], failed
+
+        failed = self._with_entry_retries(list(range(len(bodies))), send)
+        return SendResult(
+            message_ids=[ids[i] for i in sorted(ids)],
+            failed=sorted(failed.items()),
+        )
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        resp = self._call(
+            "receive_message",
+            MaxNumberOfMessages=max_messages,
+            WaitTimeSeconds=int(wait_seconds),
+            VisibilityTimeout=visibility_timeout,
+            MessageSystemAttributeNames=["ApproximateReceiveCount", "SentTimestamp"],
+        )
+        out = []
+        for m in resp.get("Messages", []):
+            attrs = m.get("Attributes", {})
+            sent = attrs.get("SentTimestamp")
+            out.append(
+                Message(
+                    message_id=m["MessageId"],
+                    receipt=m["ReceiptHandle"],
+                    body=m["Body"],
+                    receive_count=int(attrs.get("ApproximateReceiveCount", 1)),
+                    sent_at=int(sent) / 1000 if sent else None,
+                )
+            )
+        return out
+
+    def _receipt_batch_call(self, method: str, receipts: list[str], **extra: Any) -> list[str]:
+        def run(indexes: list[int]) -> tuple[list[int], dict[int, str]]:
+            failed: dict[int, str] = {}
+            for start in range(0, len(indexes), MAX_BATCH_ENTRIES):
+                batch = indexes[start : start + MAX_BATCH_ENTRIES]
+                try:
+                    resp = self._call(
+                        method, Entries=[{"Id": str(i), "ReceiptHandle": receipts[i], **extra} for i in batch]
+                    )
+                except QueueUnavailable as exc:
+                    failed.update({i: str(exc) for i in batch})
+                    continue
+                for bad in resp.get("Failed", []):
+                    failed[int(bad["Id"])] = f"{bad.get('Code')}: {bad.get('Message', '')}"
+            return [i for i in indexes if i not in failed], failed
+
+        failed = self._with_entry_retries(list(range(len(receipts))), run)
+        for _i, reason in sorted(failed.items()):
+            log.warning("%s failed for a message after %d retries: %s", method, ENTRY_RETRIES, reason)
+        return [receipts[i] for i in sorted(failed)]
+
+    def delete(self, receipts: list[str]) -> list[str]:
+        return self._receipt_batch_call("delete_message_batch", receipts) if receipts else []
+
+    def change_visibility(self, receipts: list[str], timeout: int) -> list[str]:
+        if not receipts:
+            return []
+        return self._receipt_batch_call("change_message_visibility_batch", receipts, VisibilityTimeout=timeout)
+
+    def depth(self) -> Depth:
+        attrs = self._call(
+            "get_queue_attributes",
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "RedrivePolicy"],
+        )["Attributes"]
+        dead = None
+        policy = attrs.get("RedrivePolicy")
+        if policy:
+            arn = json.loads(policy).get("deadLetterTargetArn", "")
+            name, account = arn.rsplit(":", 1)[-1], arn.split(":")[4] if arn.count(":") >= 5 else None
+            try:
+                dlq_url = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+                dlq = self.client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])
+                dead = int(dlq["Attributes"]["ApproximateNumberOfMessages"])
+            except (BotoCoreError, ClientError, KeyError):
+                dead = None
+        return Depth(
+            int(attrs.get("ApproximateNumberOfMessages", 0)),
+            int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
+            dead,
+        )
+
+    def close(self) -> None:
+        self.client.close()

@@ -1,0 +1,126 @@
+"""Settings from the environment (and `.env`), validated once at start.
+
+A bad value fails fast with a message that names the setting, so an operator never has to
+guess which line of `.env` is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+DEFAULT_QUEUE_PATH = "data/queue.db"
+DEFAULT_DB_PATH = "data/firehose.db"
+DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
+DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024
+
+
+class SettingsError(ValueError):
+    """A setting is missing or malformed; the message names it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    queue_url: str | None = None
+    aws_region: str | None = None
+    aws_key: str | None = None
+    aws_secret: str | None = None
+    aws_endpoint_url: str | None = None
+    db_path: str = DEFAULT_DB_PATH
+    firehose_token: str | None = None
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+
+    @property
+    def queue_backend(self) -> str:
+        return "sqs" if self.queue_url and self.queue_url.startswith(("http://", "https://")) else "local"
+
+    @property
+    def local_queue_path(self) -> str:
+        if self.queue_url and self.queue_url.startswith("local:"):
+            return self.queue_url[len("local:") :]
+        return DEFAULT_QUEUE_PATH
+
+    def __repr__(self) -> str:  # never print secrets, even by accident in a traceback
+        hidden = {"aws_secret", "firehose_token", "aws_key"}
+        parts = [
+            f"{name}={'***' if name in hidden and getattr(self, name) else getattr(self, name)!r}"
+            for name in self.__dataclass_fields__
+        ]
+        return f"Settings({', '.join(parts)})"
+
+
+def _blank_to_none(value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    return value or None
+
+
+def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    raw = _blank_to_none(env.get(name))
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number of bytes, got {raw!r}") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value
+
+
+def _check_queue_url(url: str | None) -> None:
+    if url is None:
+        return
+    if url.startswith("local:"):
+        if not url[len("local:") :]:
+            raise SettingsError("QUEUE_URL 'local:' needs a file path, e.g. local:data/queue.db")
+        return
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc or parsed.path in ("", "/"):
+        raise SettingsError(
+            f"QUEUE_URL must be an http(s) SQS queue URL (https://sqs.REGION.amazonaws.com/ACCOUNT/NAME) "
+            f"or local:PATH, got {url!r}"
+        )
+
+
+def _check_endpoint(name: str, url: str | None) -> None:
+    if url is None:
+        return
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
+
+
+def load_settings(env: dict[str, str] | None = None, dotenv_path: str | Path | None = ".env") -> Settings:
+    """Read settings from `env` (default: os.environ, after loading `.env` without overriding)."""
+    if env is None:
+        if dotenv_path is not None and Path(dotenv_path).is_file():
+            from dotenv import load_dotenv
+
+            load_dotenv(dotenv_path, override=False)
+        env = dict(os.environ)
+
+    queue_url = _blank_to_none(env.get("QUEUE_URL"))
+    _check_queue_url(queue_url)
+    endpoint = _blank_to_none(env.get("AWS_ENDPOINT_URL_SQS")) or _blank_to_none(env.get("AWS_ENDPOINT_URL"))
+    _check_endpoint("AWS_ENDPOINT_URL_SQS" if env.get("AWS_ENDPOINT_URL_SQS") else "AWS_ENDPOINT_URL", endpoint)
+    key = _blank_to_none(env.get("AWS_KEY"))
+    secret = _blank_to_none(env.get("AWS_SECRET"))
+    if (key is None) != (secret is None):
+        raise SettingsError("AWS_KEY and AWS_SECRET go together: set both, or neither to use boto3's credential chain")
+    db_path = _blank_to_none(env.get("DB_PATH")) or DEFAULT_DB_PATH
+    return Settings(
+        queue_url=queue_url,
+        aws_region=_blank_to_none(env.get("AWS_REGION")) or _blank_to_none(env.get("AWS_DEFAULT_REGION")),
+        aws_key=key,
+        aws_secret=secret,
+        aws_endpoint_url=endpoint,
+        db_path=db_path,
+        firehose_token=_blank_to_none(env.get("FIREHOSE_TOKEN")),
+        max_body_bytes=_positive_int(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
+        max_decoded_bytes=_positive_int(env, "MAX_DECODED_BYTES", DEFAULT_MAX_DECODED_BYTES),
+    )

@@ -1,0 +1,237 @@
+"""From decoded queue messages to the rows of one SQLite transaction.
+
+Each event is classified (standard, create adjustment, update adjustment), keyed, and
+turned into a typed row; anything that cannot be stored exactly becomes a reject with its
+reason, while the rest of its envelope is still stored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from chalicelib.codec import CodecError, decode_body, event_problem
+
+from .coerce import FieldError, iso_utc, strict_int, to_bool, to_epoch, to_int, to_micros, to_text
+
+MAX_EVENT_BYTES = 1024 * 1024
+MAX_REJECT_RAW_CHARS = 1024 * 1024
+
+STANDARD, CREATE, UPDATE = "standard", "create", "update"
+_ADJUST_ACTIONS = {"1": CREATE, "create": CREATE, "2": UPDATE, "update": UPDATE}
+
+# Typed columns of `events` filled straight from the field of the same name.
+INT_FIELDS = (
+    "conversion_id offer_id affiliate_id affiliate_manager_id advertiser_id advertiser_manager_id "
+    "ad_campaign_id ad_campaign_creative_id creative_url_id browser_id customer_id payout_group_id "
+    "revenue_group_id goal_id offer_file_id offer_url_id status_code offer_expires"
+).split()
+TEXT_FIELDS = (
+    "date transaction_id affiliate_click_id network_id currency payout_type revenue_type status source "
+    "aff_sub aff_sub2 aff_sub3 aff_sub4 aff_sub5 adv_sub adv_sub2 adv_sub3 adv_sub4 adv_sub5 "
+    "adv_unique1 adv_unique2 adv_unique3 adv_unique4 adv_unique5 affiliate_unique1 affiliate_unique2 "
+    "affiliate_unique3 affiliate_unique4 affiliate_unique5 app_version timezone session_datetime ip "
+    "user_agent country_code mobile_carrier req_connection_speed click_url"
+).split()
+BOOL_FIELDS = ("is_click_unique", "session_on_impression")
+TIME_FIELDS = ("adjustment_timestamp", "created_timestamp")
+MONEY_FIELDS = ("payout", "revenue", "sale_amount", "current_payout", "current_revenue")
+
+EVENT_COLUMNS = (
+    [
+        "tune_event_id",
+        "key_source",
+        "action",
+        "created_from_adjustment",
+        "event_time",
+        "event_time_utc",
+        "datetime_raw",
+        "num",
+    ]
+    + INT_FIELDS
+    + TEXT_FIELDS
+    + list(BOOL_FIELDS)
+    + list(TIME_FIELDS)
+    + [f"{m}_micros" for m in MONEY_FIELDS]
+    + ["raw_json", "message_id", "ingested_at"]
+)
+ADJUSTMENT_COLUMNS = [
+    "adjustment_sequence_id",
+    "tune_event_id",
+    "action",
+    "num",
+    "payout_micros",
+    "revenue_micros",
+    "sale_amount_micros",
+    "current_payout_micros",
+    "current_revenue_micros",
+    "adjustment_timestamp",
+    "adjustment_time_utc",
+    "status",
+    "transaction_id",
+    "offer_id",
+    "affiliate_id",
+    "advertiser_id",
+    "goal_id",
+    "currency",
+    "raw_json",
+    "message_id",
+    "ingested_at",
+]
+
+
+def canonical_json(event: Any) -> str:
+    return json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_kind(event: dict[str, Any]) -> str:
+    """standard, create or update; adjust_action may be 1/2, "1"/"2" or create/update in any case."""
+    if "adjust_action" not in event:
+        return STANDARD
+    raw = event["adjust_action"]
+    kind = (
+        _ADJUST_ACTIONS.get(str(raw).strip().lower())
+        if isinstance(raw, (int, str)) and not isinstance(raw, bool)
+        else None
+    )
+    if kind is None:
+        raise FieldError(f"adjust_action must be 1, 2, 'create' or 'update', got {str(raw)[:40]!r}")
+    return kind
+
+
+def event_key(event: dict[str, Any]) -> tuple[str, str]:
+    """(key, where it came from): tune_event_id, else event_id, else a hash of the content."""
+    for name in ("tune_event_id", "event_id"):
+        value = event.get(name)
+        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
+            return str(value).strip(), name
+    digest = hashlib.sha256(canonical_json(event).encode("utf-8", "surrogatepass")).hexdigest()
+    return "sha256:" + digest[:40], "hash"
+
+
+def _money(event: dict[str, Any]) -> list[int | None]:
+    return [to_micros(event.get(m), m) for m in MONEY_FIELDS]
+
+
+def event_row(event: dict[str, Any], kind: str, raw: str, message_id: str | None, now: int) -> tuple[Any, ...]:
+    key, source = event_key(event)
+    when = to_epoch(event.get("datetime"))
+    get = event.get
+    created = kind == CREATE or bool(to_bool(get("created_from_adjustment")))
+    return (
+        key,
+        source,
+        event["action"].strip().lower(),
+        int(created),
+        when,
+        iso_utc(when),
+        to_text(get("datetime")),
+        strict_int(get("num"), "num"),
+        *[to_int(get(f)) for f in INT_FIELDS],
+        *[to_text(get(f)) for f in TEXT_FIELDS],
+        *[to_bool(get(f)) for f in BOOL_FIELDS],
+        *[to_epoch(get(f)) for f in TIME_FIELDS],
+        *_money(event),
+        raw,
+        message_id,
+        now,
+    )
+
+
+def adjustment_row(event: dict[str, Any], raw: str, message_id: str | None, now: int) -> tuple[Any, ...]:
+    sequence = strict_int(event.get("adjustment_sequence_id"), "adjustment_sequence_id")
+    if sequence is None:
+        raise FieldError("update has no adjustment_sequence_id, so it could be applied twice")
+    target = event.get("tune_event_id") or event.get("event_id")
+    if not isinstance(target, (str, int)) or isinstance(target, bool) or not str(target).strip():
+        raise FieldError("update has no tune_event_id naming the event it changes")
+    at = to_epoch(event.get("adjustment_timestamp"))
+    return (
+        sequence,
+        str(target).strip(),
+        event["action"].strip().lower(),
+        strict_int(event.get("num"), "num"),
+        *_money(event),
+        at,
+        iso_utc(at),
+        to_text(event.get("status")),
+        to_text(event.get("transaction_id")),
+        to_int(event.get("offer_id")),
+        to_int(event.get("affiliate_id")),
+        to_int(event.get("advertiser_id")),
+        to_int(event.get("goal_id")),
+        to_text(event.get("currency")),
+        raw,
+        message_id,
+        now,
+    )
+
+
+def reject_row(message_id: str | None, index: int | None, reason: str, raw: str, now: int) -> tuple[Any, ...]:
+    key = hashlib.sha256(f"{index}\0{raw}".encode("utf-8", "surrogatepass")).hexdigest()
+    if len(raw) > MAX_REJECT_RAW_CHARS:
+        raw = raw[:MAX_REJECT_RAW_CHARS] + f"... [truncated: {len(raw)} characters in all]"
+    return (key, message_id, index, reason, raw, now)
+
+
+@dataclass
+class Batch:
+    """Rows for one transaction, gathered from one or more queue messages."""
+
+    events: list[tuple[Any, ...]] = field(default_factory=list)
+    adjustments: list[tuple[Any, ...]] = field(default_factory=list)
+    envelopes: list[tuple[Any, ...]] = field(default_factory=list)
+    rejects: list[tuple[Any, ...]] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return len(self.events) + len(self.adjustments) + len(self.rejects)
+
+    def add_events(self, events: list[Any], message_id: str | None, now: int | None = None) -> None:
+        now = int(time.time()) if now is None else now
+        for index, event in enumerate(events):
+            try:
+                raw = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+            except (ValueError, RecursionError):
+                self.rejects.append(
+                    reject_row(message_id, index, "event cannot be serialised", repr(event)[:1000], now)
+                )
+                continue
+            problem = event_problem(event)
+            if problem is None and len(raw) > MAX_EVENT_BYTES:
+                problem = f"is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte per-event limit"
+            if problem is None:
+                try:
+                    kind = event_kind(event)
+                    if kind == UPDATE:
+                        self.adjustments.append(adjustment_row(event, raw, message_id, now))
+                    else:
+                        self.events.append(event_row(event, kind, raw, message_id, now))
+                    continue
+                except FieldError as exc:
+                    problem = str(exc)
+            self.rejects.append(reject_row(message_id, index, f"event {index}: {problem}", raw, now))
+
+    def add_message(
+        self,
+        message_id: str,
+        body: str,
+        receive_count: int | None = None,
+        max_decoded_bytes: int | None = None,
+        now: int | None = None,
+    ) -> int:
+        """Decode one queue message into this batch; return its number of events (0 if undecodable)."""
+        now = int(time.time()) if now is None else now
+        try:
+            decoded = decode_body(body, max_decoded_bytes) if max_decoded_bytes else decode_body(body)
+        except CodecError as exc:
+            self.rejects.append(reject_row(message_id, None, f"message undecodable: {exc}", body, now))
+            self.envelopes.append((message_id, now, receive_count, None, 0))
+            return 0
+        control = json.dumps(decoded.control, separators=(",", ":"), ensure_ascii=False) if decoded.control else None
+        self.envelopes.append((message_id, now, receive_count, control, len(decoded.events)))
+        self.add_events(decoded.events, message_id, now)
+        return len(decoded.events)

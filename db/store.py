@@ -1,0 +1,140 @@
+"""The store: opens the database (WAL, migrations) and writes each batch in one transaction.
+
+A handful of verbs: `Store.open`, `write`, `counts`, `close`. Keys make every write
+idempotent: an event, update or reject seen before changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .rows import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Batch
+from .schema import migrate
+
+log = logging.getLogger(__name__)
+
+BUSY_TIMEOUT_MS = 5000
+TABLES = ("events", "adjustments", "envelopes", "rejects")
+
+
+def _insert(table: str, columns: list[str]) -> str:
+    # Identifiers come from the constant column lists in rows.py, never from input.
+    return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
+
+
+INSERT_EVENTS = _insert("events", EVENT_COLUMNS)
+INSERT_ADJUSTMENTS = _insert("adjustments", ADJUSTMENT_COLUMNS)
+INSERT_ENVELOPES = _insert("envelopes", ["message_id", "received_at", "receive_count", "control_json", "event_count"])
+INSERT_REJECTS = _insert("rejects", ["reject_key", "message_id", "event_index", "reason", "raw", "rejected_at"])
+
+
+class DatabaseFault(RuntimeError):
+    """The database cannot be written (disk full, read-only, corrupt): stop, delete nothing."""
+
+
+@dataclass
+class WriteStats:
+    events: int = 0
+    duplicates: int = 0
+    adjustments: int = 0
+    duplicate_adjustments: int = 0
+    rejects: int = 0
+
+    def add(self, other: WriteStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
+    path = Path(path)
+    if readonly:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return db
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return "locked" in str(exc) or "busy" in str(exc)
+
+
+class Store:
+    def __init__(self, db: sqlite3.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        path = Path(path)
+        try:
+            db = connect(path)
+            while True:
+                try:
+                    migrate(db)
+                    break
+                except sqlite3.OperationalError as exc:
+                    if not _is_busy(exc):
+                        raise
+                    log.warning("database %s is locked by another process; waiting to migrate", path)
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseFault(f"cannot open database {path}: {exc}") from exc
+        return cls(db, path)
+
+    def write(self, batch: Batch, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+        """Write the whole batch in one transaction; wait out locks held by other processes
+        until `give_up()` says stop."""
+        attempt = 0
+        while True:
+            try:
+                return self._write_once(batch)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
+                attempt += 1
+                if give_up():
+                    raise DatabaseFault(f"database {self.path} stayed locked: {exc}") from exc
+                log.warning(
+                    "database %s is locked by another connection (attempt %d); retrying, nothing is lost",
+                    self.path,
+                    attempt,
+                )
+                time.sleep(min(0.1 * attempt, 2.0))
+            except sqlite3.DatabaseError as exc:
+                raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
+
+    def _write_once(self, batch: Batch) -> WriteStats:
+        db = self.db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            events = db.executemany(INSERT_EVENTS, batch.events).rowcount if batch.events else 0
+            adjustments = db.executemany(INSERT_ADJUSTMENTS, batch.adjustments).rowcount if batch.adjustments else 0
+            if batch.envelopes:
+                db.executemany(INSERT_ENVELOPES, batch.envelopes)
+            rejects = db.executemany(INSERT_REJECTS, batch.rejects).rowcount if batch.rejects else 0
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        return WriteStats(
+            events=events,
+            duplicates=len(batch.events) - events,
+            adjustments=adjustments,
+            duplicate_adjustments=len(batch.adjustments) - adjustments,
+            rejects=rejects,
+        )
+
+    def counts(self) -> dict[str, int]:
+        return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+
+    def close(self) -> None:
+        self.db.close()

@@ -1,0 +1,224 @@
+"""The worker loop: receive, decode, write one transaction, and only then delete.
+
+prepare   receive up to 10 messages at a time, accumulating small ones (events, bytes,
+          about a second) so the transaction size does not depend on envelope size
+process   decode each message into rows; an undecodable one becomes a reject
+commit    one SQLite transaction for the whole batch, while a heartbeat keeps the
+          messages invisible to other workers
+ack       delete the messages, only after COMMIT
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TextIO
+
+from chalicelib.queues import Message, Queue, QueueUnavailable
+
+from .rows import Batch
+from .store import DatabaseFault, Store, WriteStats
+
+log = logging.getLogger("tune_firehose.worker")
+
+EXIT_OK, EXIT_DB_FAULT = 0, 3
+
+
+@dataclass
+class Limits:
+    wait_seconds: float = 20
+    visibility_timeout: int = 60
+    max_batch_events: int = 20_000
+    max_batch_bytes: int = 16 * 1024 * 1024
+    max_batch_seconds: float = 1.0
+    max_decoded_bytes: int = 32 * 1024 * 1024
+
+
+@dataclass
+class Totals:
+    messages: int = 0
+    written: WriteStats = field(default_factory=WriteStats)
+    started: float = field(default_factory=time.monotonic)
+
+
+class _Interrupted(Exception):
+    pass
+
+
+class Heartbeat:
+    """Extends the visibility of the messages in hand while their batch is being written."""
+
+    def __init__(self, queue: Queue, receipts: list[str], timeout: int) -> None:
+        self.queue, self.receipts, self.timeout = queue, receipts, timeout
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="visibility-heartbeat", daemon=True)
+
+    def _run(self) -> None:
+        interval = max(1.0, self.timeout / 3)
+        while not self._stop.wait(interval):
+            try:
+                failed = self.queue.change_visibility(self.receipts, self.timeout)
+                if failed:
+                    log.warning("could not extend visibility of %d messages", len(failed))
+            except QueueUnavailable as exc:
+                log.warning("heartbeat: %s", exc)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+class Worker:
+    def __init__(
+        self,
+        queue: Queue,
+        store: Store,
+        limits: Limits | None = None,
+        out: TextIO | None = sys.stderr,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.queue, self.store = queue, store
+        self.limits = limits or Limits()
+        self.out = out
+        self.clock = clock
+        self.totals = Totals()
+        self.stopping = False
+        self._idle = False
+        self._last_progress = 0.0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
+        """Stop after the batch in hand; if idle in a long poll, stop now."""
+        self.stopping = True
+        if self._idle:
+            raise _Interrupted()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGTERM, self.request_stop)
+
+    def run(self, until_empty: bool = False) -> int:
+        backoff = 1.0
+        while not self.stopping:
+            try:
+                messages = self._collect(until_empty)
+            except _Interrupted:
+                break
+            except QueueUnavailable as exc:
+                log.error("queue unreachable, retrying in %.0f s (nothing is deleted): %s", backoff, exc)
+                self._sleep(backoff)
+                backoff = min(backoff * 2, 60)
+                continue
+            backoff = 1.0
+            if messages:
+                try:
+                    self.process(messages)
+                except DatabaseFault as exc:
+                    log.error(
+                        "%s. Stopping without deleting the %d messages in hand; they will be "
+                        "redelivered once the database is fixed.",
+                        exc,
+                        len(messages),
+                    )
+                    return EXIT_DB_FAULT
+            elif until_empty and self._drained():
+                break
+            self._progress()
+        self._progress(final=True)
+        return EXIT_OK
+
+    def _sleep(self, seconds: float) -> None:
+        self._idle = True
+        try:
+            time.sleep(seconds)
+        except _Interrupted:
+            pass
+        finally:
+            self._idle = False
+
+    def _drained(self) -> bool:
+        depth = self.queue.depth()
+        return depth.visible == 0 and depth.in_flight == 0
+
+    # -- prepare -----------------------------------------------------------------------------
+
+    def _collect(self, until_empty: bool) -> list[Message]:
+        """Receive until the batch is full by events or bytes, or about a second has passed."""
+        limits = self.limits
+        wait = min(limits.wait_seconds, 1.0) if until_empty else limits.wait_seconds
+        self._idle = True
+        try:
+            if self.stopping:
+                return []
+            messages = self.queue.receive(10, wait, limits.visibility_timeout)
+        finally:
+            self._idle = False
+        if not messages:
+            return []
+        deadline = self.clock() + limits.max_batch_seconds
+        size = sum(len(m.body) for m in messages)
+        while (
+            not self.stopping
+            and size < limits.max_batch_bytes
+            and len(messages) * 100 < limits.max_batch_events  # ~100 events per envelope
+            and self.clock() < deadline
+        ):
+            more = self.queue.receive(10, 0, limits.visibility_timeout)
+            if not more:
+                break
+            messages.extend(more)
+            size += sum(len(m.body) for m in more)
+        return messages
+
+    # -- process, commit, ack ----------------------------------------------------------------
+
+    def process(self, messages: list[Message]) -> WriteStats:
+        batch = Batch()
+        now = int(time.time())
+        for m in messages:
+            if m.receive_count > 1:
+                log.info("message %s redelivered (receive count %d)", m.message_id, m.receive_count)
+            batch.add_message(m.message_id, m.body, m.receive_count, self.limits.max_decoded_bytes, now)
+        receipts = [m.receipt for m in messages]
+        with Heartbeat(self.queue, receipts, self.limits.visibility_timeout):
+            stats = self.store.write(batch, give_up=lambda: self.stopping)
+        self._ack(receipts)
+        self.totals.messages += len(messages)
+        self.totals.written.add(stats)
+        return stats
+
+    def _ack(self, receipts: list[str]) -> None:
+        try:
+            failed = self.queue.delete(receipts)
+        except QueueUnavailable as exc:
+            log.warning("delete failed after commit (the redelivery will change nothing): %s", exc)
+            return
+        if failed:
+            log.warning("%d deletes failed after commit; their redelivery will change nothing", len(failed))
+
+    # -- progress ----------------------------------------------------------------------------
+
+    def _progress(self, final: bool = False) -> None:
+        now = self.clock()
+        if self.out is None or (not final and now - self._last_progress < 1.0):
+            return
+        self._last_progress = now
+        t, w = self.totals, self.totals.written
+        elapsed = max(now - t.started, 1e-9)
+        line = (
+            f"{'done' if final else 'progress'}: {w.events / elapsed:,.0f} events/s | messages {t.messages:,} | "
+            f"events {w.events:,} | duplicates {w.duplicates + w.duplicate_adjustments:,} | "
+            f"adjustments {w.adjustments:,} | rejects {w.rejects:,}"
+        )
+        print(line, file=self.out, flush=True)

@@ -1,0 +1,101 @@
+"""Shared fixtures: real local servers and real files, never AWS.
+
+`moto_server` starts moto's SQS server on 127.0.0.1 (boto3 talks HTTP to it), once per
+session; `sqs_queue` makes a fresh queue per test, since moto's PurgeQueue is rate-limited.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from chalicelib.queues.local import LocalQueue  # noqa: E402
+from chalicelib.queues.sqs import SqsQueue  # noqa: E402
+from chalicelib.settings import Settings, load_settings  # noqa: E402
+
+# No test may reach AWS or need real credentials.
+for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+    os.environ.pop(_name, None)
+os.environ["AWS_ACCESS_KEY_ID"] = "testing"
+os.environ["AWS_SECRET_ACCESS_KEY"] = "testing"  # noqa: S105 - moto accepts any
+os.environ["AWS_DEFAULT_REGION"] = "us-east-1"
+os.environ.pop("AWS_ENDPOINT_URL", None)
+os.environ.pop("AWS_ENDPOINT_URL_SQS", None)
+os.environ.pop("QUEUE_URL", None)
+
+_names = itertools.count()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[str]:
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture()
+def sqs_client(moto_server: str):  # type: ignore[no-untyped-def]
+    return boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+
+
+@pytest.fixture()
+def sqs_settings(moto_server: str, sqs_client, request: pytest.FixtureRequest) -> Settings:  # type: ignore[no-untyped-def]
+    """Settings for a fresh SQS queue (with a dead-letter queue, maxReceiveCount 5) on moto."""
+    name = f"t{next(_names)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
+    name = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:70]
+    dlq_url = sqs_client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    dlq_arn = sqs_client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    url = sqs_client.create_queue(
+        QueueName=name,
+        Attributes={"RedrivePolicy": f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "5"}}'},
+    )["QueueUrl"]
+    return load_settings(
+        {
+            "QUEUE_URL": url,
+            "AWS_ENDPOINT_URL_SQS": moto_server,
+            "AWS_REGION": "us-east-1",
+            "AWS_KEY": "testing",
+            "AWS_SECRET": "testing",
+        },
+        dotenv_path=None,
+    )
+
+
+@pytest.fixture()
+def sqs_queue(sqs_settings: Settings) -> Iterator[SqsQueue]:
+    queue = SqsQueue.from_settings(sqs_settings)
+    yield queue
+    queue.close()
+
+
+@pytest.fixture()
+def local_queue(tmp_path: Path) -> Iterator[LocalQueue]:
+    queue = LocalQueue(tmp_path / "queue.db")
+    yield queue
+    queue.close()
+
+
+@pytest.fixture(params=["local", "sqs"])
+def any_queue(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    """The same contract, run against both backends."""
+    return request.getfixturevalue("local_queue" if request.param == "local" else "sqs_queue")

@@ -160,7 +160,7 @@ def _iso(epoch: int) -> str:
 def sample_envelope(seed: int = 7) -> dict[str, Any]:
     """The demo's `sample-data.json`: about 100 events with every kind the pipeline handles."""
     g = Generator(seed, offers=4, affiliates=6)
-    events = [g.standard(BASE_TIME + i * 7) for i in range(91)]
+    events = [g.standard(BASE_TIME + i * 7) for i in range(90)]
     while len(g.conversions) < 4:
         events.append(g._base("conversion", BASE_TIME + 600))
         g.conversions.append(events[-1])
@@ -174,8 +174,10 @@ def sample_envelope(seed: int = 7) -> dict[str, Any]:
         g.update(rejected, BASE_TIME + 820, reject=True),
         g.update(corrected, BASE_TIME + 830, reject=False),
     ]
-    # The update to `late_original` is delivered before the original itself.
-    tail = [*adjustments, early_update, late_original]
+    # The update to `late_original` is delivered before the original itself, and one update's
+    # original predates the subscription: it waits in adjustments_pending.
+    never_seen = g._base("conversion", BASE_TIME - 86_400)
+    tail = [*adjustments, early_update, late_original, g.update(never_seen, BASE_TIME + 950, reject=True)]
     duplicates = [dict(events[3]), dict(events[10]), dict(adjustments[2])]
     body = events + tail + duplicates
     return {

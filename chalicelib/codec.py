@@ -21,6 +21,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 # wbits=47 (32 + 15): zlib auto-detects a gzip or zlib header.
 _AUTO_HEADER_WBITS = 47
 DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024
+MAX_EVENT_BYTES = 1024 * 1024  # one event's JSON; the worker rejects larger ones too
 ENVELOPE_EVENTS_KEY = "events"
 PRODUCER = "tune-firehose"
 
@@ -81,6 +82,12 @@ def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_B
         text = stripped.decode("ascii")
     except UnicodeDecodeError:
         raise CodecError("body is neither JSON, gzip nor base64 (it holds non-ASCII bytes)") from None
+    if text[0] in '"-0123456789' or text in ("true", "false", "null"):
+        try:
+            json.loads(text)
+            return stripped  # a JSON scalar: split_envelope names its type
+        except ValueError:
+            pass
     inner = _unbase64(text)
     if inner[:2] == GZIP_MAGIC or inner[:1] == b"\x78":  # gzip, or zlib's header byte
         return inflate(inner, max_bytes)
@@ -89,17 +96,33 @@ def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_B
     raise CodecError("base64 body does not hold gzip or JSON")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """object_pairs_hook: refuse an object that names a key twice (json.loads would keep the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise CodecError(f"duplicate key {key[:80]!r} in a JSON object (which value is meant is ambiguous)")
+            seen.add(key)
+    return obj
+
+
 def parse_json(data: bytes) -> Any:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CodecError(f"body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise CodecError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
         raise CodecError("JSON is nested too deeply") from None
+    except CodecError:
+        raise
+    except ValueError as exc:  # e.g. an integer literal longer than Python's 4,300-digit limit
+        raise CodecError(f"invalid JSON: {str(exc)[:120]}") from None
 
 
 def split_envelope(doc: Any) -> Decoded:
@@ -166,9 +189,21 @@ class Packed:
     event_count: int
 
 
-def pack_events(events: list[Any], max_message_bytes: int, control: dict[str, Any] | None = None) -> list[Packed]:
-    """Pack events into as few TUNE-form messages as fit `max_message_bytes` each, in order."""
+def pack_events(
+    events: list[Any],
+    max_message_bytes: int,
+    control: dict[str, Any] | None = None,
+    max_event_bytes: int | None = None,
+) -> list[Packed]:
+    """Pack events into as few TUNE-form messages as fit `max_message_bytes` each, in order.
+
+    With `max_event_bytes`, an event whose JSON is larger raises EventTooLarge (the worker would
+    only reject it)."""
     dumped = [dump_event(e) for e in events]
+    if max_event_bytes is not None:
+        for index, d in enumerate(dumped):
+            if len(d) > max_event_bytes:
+                raise EventTooLarge(f"event {index} is {len(d)} bytes, over the {max_event_bytes} byte per-event limit")
     return _pack(dumped, 0, max_message_bytes, control)
 
 
@@ -185,12 +220,15 @@ def _pack(dumped: list[bytes], offset: int, limit: int, control: dict[str, Any] 
     parts = max(2, math.ceil(len(whole) / limit))
     total = sum(len(d) for d in dumped)
     target = total / parts
-    out: list[Packed] = []
-    start, acc, cuts = 0, 0, 0
-    for i, d in enumerate(dumped):
+    cuts: list[int] = []
+    acc = 0
+    for i, d in enumerate(dumped[:-1]):
         acc += len(d)
-        if acc >= target and i + 1 < len(dumped) and cuts < parts - 1:
-            out.extend(_pack(dumped[start : i + 1], offset + start, limit, control))
-            start, acc, cuts = i + 1, 0, cuts + 1
-    out.extend(_pack(dumped[start:], offset + start, limit, control))
+        if acc >= target * (len(cuts) + 1) and len(cuts) < parts - 1:
+            cuts.append(i + 1)
+    if not cuts:  # one huge event at the end: split in half so the recursion always shrinks
+        cuts = [len(dumped) // 2]
+    out: list[Packed] = []
+    for start, end in zip([0, *cuts], [*cuts, len(dumped)], strict=True):
+        out.extend(_pack(dumped[start:end], offset + start, limit, control))
     return out

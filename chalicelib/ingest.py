@@ -15,6 +15,7 @@ from typing import Any
 
 from .codec import (
     GZIP_MAGIC,
+    MAX_EVENT_BYTES,
     CodecError,
     EventTooLarge,
     body_to_json_bytes,
@@ -118,7 +119,7 @@ def accept(headers: Mapping[str, str], body: bytes, settings: Settings, queue: Q
         check_token(headers, settings.firehose_token)
         events = parse_request(headers, body, settings)
         try:
-            packed = pack_events(events, queue.max_message_bytes())
+            packed = pack_events(events, queue.max_message_bytes(), max_event_bytes=MAX_EVENT_BYTES)
         except EventTooLarge as exc:
             raise Rejected(413, str(exc)) from None
         messages = len(packed)

@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings, SettingsError, load_settings
 
+from . import backup, logs, merge, netfs, redrive, reprocess, status
 from .schema import SchemaTooNew
 from .store import DatabaseFault, Store
-from .worker import Limits, Worker
+from .worker import Limits, Observer, Worker
 
 EXIT_USAGE = 2
 
@@ -33,6 +34,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
+    netfs.check_local(settings.db_path, args.allow_network_fs)
     store = Store.open(settings.db_path)
     queue = open_queue(settings)
     limits = Limits(
@@ -40,12 +42,32 @@ def cmd_run(args: argparse.Namespace) -> int:
         visibility_timeout=args.visibility_timeout,
         max_decoded_bytes=settings.max_decoded_bytes,
     )
-    worker = Worker(queue, store, limits, out=None if args.quiet else sys.stderr)
+    observers: list[Observer] = []
+    if args.log_format == "json":
+        observers.append(logs.BatchLog())
+    metrics = None
+    if args.metrics_port is not None:
+        from .metrics import Metrics  # prometheus_client is needed only with --metrics-port
+
+        metrics = Metrics()
+        metrics.seed(store.db)
+        metrics.serve(args.metrics_port, args.metrics_addr)
+        observers.append(metrics)
+    # In JSON mode stderr carries only JSON lines; progress travels in the batch records.
+    quiet = args.quiet or args.log_format == "json"
+    worker = Worker(queue, store, limits, out=None if quiet else sys.stderr, observers=observers)
     worker.install_signal_handlers()
-    logging.getLogger("tune_firehose").info("worker started: queue=%r db=%s", queue, settings.db_path)
+    logging.getLogger("tune_firehose").info(
+        "worker started: queue=%r db=%s",
+        queue,
+        settings.db_path,
+        extra={"data": {"queue": repr(queue), "db": settings.db_path}},
+    )
     try:
         return worker.run(until_empty=args.until_empty)
     finally:
+        if metrics is not None:
+            metrics.close()
         store.close()
         queue.close()
 
@@ -53,6 +75,24 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--db", metavar="PATH", help="SQLite database file (overrides DB_PATH)")
     p.add_argument("--queue-url", metavar="URL", help="queue to read: an SQS URL or local:PATH (overrides QUEUE_URL)")
+
+
+def _add_log_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format", choices=logs.FORMATS, default="text", help="text (default) or json: one JSON object per line"
+    )
+
+
+# Day-2 commands: each module has NAME, HELP, EPILOG, add_arguments(parser, add_common) and
+# run(args, settings).
+OPS_COMMANDS = (status, merge, backup, redrive, reprocess)
+
+
+def _ops_handler(command: object) -> Callable[[argparse.Namespace], int]:
+    def handler(args: argparse.Namespace) -> int:
+        return int(command.run(args, _settings(args)))  # type: ignore[attr-defined]
+
+    return handler
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], int]]]:
@@ -74,7 +114,29 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         help="seconds a received message stays hidden; a heartbeat extends it while writing (default 60)",
     )
     run.add_argument("--quiet", action="store_true", help="no progress line")
+    _add_log_format(run)
+    run.add_argument("--metrics-port", type=int, metavar="N", help="serve Prometheus metrics on port N (/metrics)")
+    run.add_argument(
+        "--metrics-addr", default="127.0.0.1", metavar="ADDR", help="address for --metrics-port (default 127.0.0.1)"
+    )
+    run.add_argument(
+        "--allow-network-fs",
+        action="store_true",
+        help="open the database even on NFS/CIFS/SMB (unsafe if another host ever opens the file)",
+    )
     handlers["run"] = cmd_run
+
+    for command in OPS_COMMANDS:
+        p = sub.add_parser(
+            command.NAME,
+            help=command.HELP,
+            description=command.__doc__,
+            epilog=command.EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        command.add_arguments(p, _add_common)
+        _add_log_format(p)
+        handlers[command.NAME] = _ops_handler(command)
     return parser, handlers
 
 
@@ -86,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args_list or (args_list[0] not in handlers and args_list[0] not in ("-h", "--help")):
         args_list.insert(0, "run")
     args = parser.parse_args(args_list)
+    logs.configure(getattr(args, "log_format", "text"))
     try:
         return handlers[args.command](args)
     except SettingsError as exc:

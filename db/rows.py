@@ -171,7 +171,9 @@ def adjustment_row(event: dict[str, Any], raw: str, message_id: str | None, now:
 
 
 def reject_row(message_id: str | None, index: int | None, reason: str, raw: str, now: int) -> tuple[Any, ...]:
-    key = hashlib.sha256(f"{index}\0{raw}".encode("utf-8", "surrogatepass")).hexdigest()
+    # Keyed by content, not position: the same bad input delivered again (or re-split) adds no row.
+    scope = "message" if index is None else "event"
+    key = hashlib.sha256(f"{scope}\0{raw}".encode("utf-8", "surrogatepass")).hexdigest()
     if len(raw) > MAX_REJECT_RAW_CHARS:
         raw = raw[:MAX_REJECT_RAW_CHARS] + f"... [truncated: {len(raw)} characters in all]"
     return (key, message_id, index, reason, raw, now)

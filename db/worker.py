@@ -15,12 +15,12 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import TextIO
+from typing import Protocol, TextIO
 
-from chalicelib.queues import Message, Queue, QueueUnavailable
+from chalicelib.queues import Depth, Message, Queue, QueueUnavailable
 
 from .rows import Batch
 from .store import DatabaseFault, Store, WriteStats
@@ -45,6 +45,16 @@ class Totals:
     messages: int = 0
     written: WriteStats = field(default_factory=WriteStats)
     started: float = field(default_factory=time.monotonic)
+
+
+class Observer(Protocol):
+    """Something that watches the worker: metrics, structured logs."""
+
+    def batch_written(
+        self, messages: list[Message], batch: Batch, stats: WriteStats, commit_seconds: float
+    ) -> None: ...
+
+    def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None: ...
 
 
 class _Interrupted(Exception):
@@ -86,11 +96,13 @@ class Worker:
         limits: Limits | None = None,
         out: TextIO | None = sys.stderr,
         clock: Callable[[], float] = time.monotonic,
+        observers: Sequence[Observer] = (),
     ) -> None:
         self.queue, self.store = queue, store
         self.limits = limits or Limits()
         self.out = out
         self.clock = clock
+        self.observers = list(observers)
         self.totals = Totals()
         self.stopping = False
         self._idle = False
@@ -188,15 +200,53 @@ class Worker:
         now = int(time.time())
         for m in messages:
             if m.receive_count > 1:
-                log.info("message %s redelivered (receive count %d)", m.message_id, m.receive_count)
+                log.info(
+                    "message %s redelivered (receive count %d)",
+                    m.message_id,
+                    m.receive_count,
+                    extra={"data": {"message_id": m.message_id, "receive_count": m.receive_count}},
+                )
             batch.add_message(m.message_id, m.body, m.receive_count, self.limits.max_decoded_bytes, now)
         receipts = [m.receipt for m in messages]
+        started = time.perf_counter()
         with Heartbeat(self.queue, receipts, self.limits.visibility_timeout):
-            stats = self.store.write(batch, give_up=lambda: self.stopping)
+            try:
+                stats = self.store.write(batch, give_up=lambda: self.stopping)
+            except DatabaseFault:
+                raise
+            except Exception:
+                # One poison message must not take its whole batch to the dead-letter queue.
+                log.exception("a batch of %d messages failed to write; writing them one at a time", len(messages))
+                stats, receipts = self._write_each(messages, now)
+        commit_seconds = time.perf_counter() - started
         self._ack(receipts)
         self.totals.messages += len(messages)
         self.totals.written.add(stats)
+        for observer in self.observers:
+            observer.batch_written(messages, batch, stats, commit_seconds)
         return stats
+
+    def _write_each(self, messages: list[Message], now: int) -> tuple[WriteStats, list[str]]:
+        """Write each message in its own transaction; return the stats and the receipts written."""
+        stats, written = WriteStats(), []
+        for m in messages:
+            single = Batch()
+            single.add_message(m.message_id, m.body, m.receive_count, self.limits.max_decoded_bytes, now)
+            try:
+                stats.add(self.store.write(single, give_up=lambda: self.stopping))
+            except DatabaseFault:
+                raise
+            except Exception as exc:
+                log.error(
+                    "message %s cannot be written (receive count %d); it stays on the queue and moves to the "
+                    "dead-letter queue after maxReceiveCount receives: %r",
+                    m.message_id,
+                    m.receive_count,
+                    exc,
+                )
+                continue
+            written.append(m.receipt)
+        return stats, written
 
     def _ack(self, receipts: list[str]) -> None:
         try:
@@ -209,16 +259,40 @@ class Worker:
 
     # -- progress ----------------------------------------------------------------------------
 
+    def _depth(self) -> Depth | None:
+        try:
+            return self.queue.depth()
+        except QueueUnavailable as exc:
+            log.warning("could not read the queue depth: %s", exc)
+            return None
+
     def _progress(self, final: bool = False) -> None:
         now = self.clock()
-        if self.out is None or (not final and now - self._last_progress < 1.0):
+        # Depth can be a full scan (local) or a few API calls (SQS): sample it at most once a second.
+        if (self.out is None and not self.observers) or (not final and now - self._last_progress < 1.0):
             return
         self._last_progress = now
+        depth = self._depth()
+        for observer in self.observers:
+            observer.sampled(self.totals, depth, final)
+        if self.out is None:
+            return
         t, w = self.totals, self.totals.written
         elapsed = max(now - t.started, 1e-9)
         line = (
             f"{'done' if final else 'progress'}: {w.events / elapsed:,.0f} events/s | messages {t.messages:,} | "
             f"events {w.events:,} | duplicates {w.duplicates + w.duplicate_adjustments:,} | "
-            f"adjustments {w.adjustments:,} | rejects {w.rejects:,}"
+            f"adjustments {w.adjustments:,} | rejects {w.rejects:,}{_depth_text(depth)}"
         )
         print(line, file=self.out, flush=True)
+
+
+def _depth_text(depth: Depth | None) -> str:
+    if depth is None:
+        return ""
+    text = f" | queue {depth.visible:,} visible, {depth.in_flight:,} in flight"
+    if depth.dead:
+        text += f", {depth.dead:,} dead"
+    if depth.oldest_age_seconds is not None:
+        text += f", oldest {depth.oldest_age_seconds:,.0f} s"
+    return text

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import boto3
@@ -53,6 +54,20 @@ def _describe(exc: Exception) -> str:
         err = exc.response.get("Error", {})
         return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip()
     return f"{type(exc).__name__}: {exc}"
+
+
+@dataclass(frozen=True)
+class _Failure:
+    reason: str
+    retryable: bool
+
+
+def _failures(resp: dict[str, Any]) -> dict[int, _Failure]:
+    """The `Failed` entries of a batch response, by request index."""
+    return {
+        int(bad["Id"]): _Failure(f"{bad.get('Code')}: {bad.get('Message', '')}", retryable=not bad.get("SenderFault"))
+        for bad in resp.get("Failed", [])
+    }
 
 
 class SqsQueue:
@@ -105,27 +120,35 @@ class SqsQueue:
             yield batch
 
     def _with_entry_retries(
-        self, indexes: list[int], call: Callable[[list[int]], tuple[list[int], dict[int, str]]]
+        self, indexes: list[int], call: Callable[[list[int]], dict[int, _Failure]]
     ) -> dict[int, str]:
-        """Run `call` on entries, retrying failed ones with backoff; return what still failed."""
+        """Run `call` on entries, retrying failed ones with backoff; return what still failed.
+
+        Only entries SQS reports as failed on its side are retried here: a whole call that
+        raised has already been retried by botocore's standard mode, and an entry the sender
+        got wrong (SenderFault) fails the same way every time.
+        """
         pending = list(indexes)
-        reasons: dict[int, str] = {}
+        final: dict[int, str] = {}
         for attempt in range(ENTRY_RETRIES + 1):
             if attempt:
                 time.sleep(RETRY_BASE_SECONDS * 2 ** (attempt - 1))
-            _ok, failed = call(pending)
-            reasons = failed
-            pending = sorted(failed)
+            failed = call(pending)
+            retry = sorted(i for i, f in failed.items() if f.retryable)
+            final.update({i: f.reason for i, f in failed.items() if not f.retryable})
+            if retry and attempt == ENTRY_RETRIES:
+                final.update({i: failed[i].reason for i in retry})
+            pending = retry
             if not pending:
-                return {}
-        return reasons
+                break
+        return final
 
     def send_all(self, bodies: list[str]) -> SendResult:
         sizes = [len(b.encode("utf-8")) for b in bodies]
         ids: dict[int, str] = {}
 
-        def send(indexes: list[int]) -> tuple[list[int], dict[int, str]]:
-            failed: dict[int, str] = {}
+        def send(indexes: list[int]) -> dict[int, _Failure]:
+            failed: dict[int, _Failure] = {}
             for batch in self._batches(sizes, indexes):
                 try:
                     resp = self._call(
@@ -133,13 +156,12 @@ class SqsQueue:
                         Entries=[{"Id": str(i), "MessageBody": bodies[i]} for i in batch],
                     )
                 except QueueUnavailable as exc:
-                    failed.update({i: str(exc) for i in batch})
+                    failed.update({i: _Failure(str(exc), retryable=False) for i in batch})
                     continue
                 for ok in resp.get("Successful", []):
                     ids[int(ok["Id"])] = ok["MessageId"]
-                for bad in resp.get("Failed", []):
-                    failed[int(bad["Id"])] = f"{bad.get('Code')}: {bad.get('Message', '')}"
-            return [i for i in indexes if i not in failed], failed
+                failed.update(_failures(resp))
+            return failed
 
         failed = self._with_entry_retries(list(range(len(bodies))), send)
         return SendResult(
@@ -171,8 +193,8 @@ class SqsQueue:
         return out
 
     def _receipt_batch_call(self, method: str, receipts: list[str], **extra: Any) -> list[str]:
-        def run(indexes: list[int]) -> tuple[list[int], dict[int, str]]:
-            failed: dict[int, str] = {}
+        def run(indexes: list[int]) -> dict[int, _Failure]:
+            failed: dict[int, _Failure] = {}
             for start in range(0, len(indexes), MAX_BATCH_ENTRIES):
                 batch = indexes[start : start + MAX_BATCH_ENTRIES]
                 try:
@@ -180,15 +202,14 @@ class SqsQueue:
                         method, Entries=[{"Id": str(i), "ReceiptHandle": receipts[i], **extra} for i in batch]
                     )
                 except QueueUnavailable as exc:
-                    failed.update({i: str(exc) for i in batch})
+                    failed.update({i: _Failure(str(exc), retryable=False) for i in batch})
                     continue
-                for bad in resp.get("Failed", []):
-                    failed[int(bad["Id"])] = f"{bad.get('Code')}: {bad.get('Message', '')}"
-            return [i for i in indexes if i not in failed], failed
+                failed.update(_failures(resp))
+            return failed
 
         failed = self._with_entry_retries(list(range(len(receipts))), run)
         for _i, reason in sorted(failed.items()):
-            log.warning("%s failed for a message after %d retries: %s", method, ENTRY_RETRIES, reason)
+            log.warning("%s failed for a message: %s", method, reason)
         return [receipts[i] for i in sorted(failed)]
 
     def delete(self, receipts: list[str]) -> list[str]:

@@ -1,0 +1,69 @@
+"""Drain a local queue file with the real worker, in its own process, and report as JSON.
+
+    python -m bench.drain QUEUE_DB FIREHOSE_DB [--profile OUT.prof]
+
+Prints {"seconds", "events", "duplicates", "adjustments", "rejects", "messages", "peak_rss_mb"}.
+Peak RSS is this process's own high-water mark (`ru_maxrss`), interpreter included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import dataclasses
+import json
+import resource
+import sys
+import time
+
+from chalicelib.queues.local import LocalQueue
+from db.store import Store
+from db.worker import Limits, Worker
+
+
+def drain(queue_path: str, db_path: str, profile: str | None = None) -> dict[str, float]:
+    started = time.perf_counter()
+    queue = LocalQueue(queue_path)
+    store = Store.open(db_path)
+    # The defaults, except: do not long-poll an empty queue at the end of the drain.
+    worker = Worker(queue, store, dataclasses.replace(Limits(), wait_seconds=0.0), out=None)
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    worker.run(until_empty=True)
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    seconds = time.perf_counter() - started
+    totals = worker.totals
+    written = totals.written
+    store.close()
+    queue.close()
+    return {
+        "seconds": seconds,
+        "events": written.events
+        + written.duplicates
+        + written.adjustments
+        + written.duplicate_adjustments
+        + written.rejects,
+        "stored_events": written.events,
+        "duplicates": written.duplicates + written.duplicate_adjustments,
+        "adjustments": written.adjustments,
+        "rejects": written.rejects,
+        "messages": totals.messages,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("queue")
+    parser.add_argument("db")
+    parser.add_argument("--profile")
+    args = parser.parse_args()
+    json.dump(drain(args.queue, args.db, args.profile), sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

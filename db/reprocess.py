@@ -1,0 +1,181 @@
+"""`read_queue.py reprocess-rejects`: retry stored rejects with the current decoder.
+
+After a fix (a codec that now understands a format, a coercion that now accepts a field),
+each reject is decoded again exactly as the worker would: a whole-message reject (event_index
+NULL) through `Batch.add_message`, a single event through `Batch.add_events`. What now
+succeeds is written and its reject deleted in the same transaction; what still fails stays,
+untouched. Running it twice changes nothing the second time, as every row has its key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from chalicelib.settings import Settings
+
+from .netfs import check_local
+from .rows import Batch
+from .store import (
+    INSERT_ADJUSTMENTS,
+    INSERT_ENVELOPES,
+    INSERT_EVENTS,
+    INSERT_REJECTS,
+    DatabaseFault,
+    Store,
+)
+
+log = logging.getLogger("tune_firehose.reprocess")
+
+NAME = "reprocess-rejects"
+HELP = "retry stored rejects with the current decoder; store what now succeeds and drop those rejects"
+EPILOG = """examples:
+  python read_queue.py status                       # read the reject reasons, fix the cause, upgrade
+  python read_queue.py reprocess-rejects            # retry them all
+  python read_queue.py reprocess-rejects --dry-run  # only count what would now succeed
+
+Safe while workers run: each chunk is one short write transaction, like a worker's batch."""
+
+CHUNK = 500
+
+
+@dataclass
+class ReprocessResult:
+    retried: int = 0
+    fixed: int = 0
+    kept: int = 0
+    events: int = 0
+    adjustments: int = 0
+    new_rejects: int = 0
+
+
+def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    p.add_argument("--db", metavar="PATH", help="database whose rejects to retry (default: DB_PATH)")
+    p.add_argument("--dry-run", action="store_true", help="count what would succeed; write nothing")
+    p.add_argument("--allow-network-fs", action="store_true", help="allow a database on NFS/CIFS/SMB (not recommended)")
+
+
+def retry_one(
+    message_id: str | None, key: str, event_index: int | None, raw: str, max_decoded_bytes: int | None, now: int
+) -> Batch | None:
+    """The rows the reject would give now, or None if it still fails."""
+    batch = Batch()
+    if event_index is None:
+        batch.add_message(message_id or f"reject:{key}", raw, None, max_decoded_bytes, now)
+        # The message now decodes; events in it that are still bad become their own rejects.
+        return None if any(r[2] is None for r in batch.rejects) else batch
+    try:
+        event = json.loads(raw)
+    except ValueError:
+        return None  # stored truncated, or not JSON at all: nothing more to learn from it
+    batch.add_events([event], message_id, now)
+    return None if batch.rejects else batch
+
+
+def _write(db: sqlite3.Connection, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
+    events = adjustments = new_rejects = 0
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        for key, batch in fixed:
+            if batch.events:
+                events += db.executemany(INSERT_EVENTS, batch.events).rowcount
+            if batch.adjustments:
+                adjustments += db.executemany(INSERT_ADJUSTMENTS, batch.adjustments).rowcount
+            for envelope in batch.envelopes:
+                # The undecodable message left an envelope with no events; now we know better.
+                message_id, _at, _count, control, event_count = envelope
+                db.execute(
+                    "UPDATE envelopes SET control_json = ?, event_count = ? "
+                    "WHERE message_id = ? AND event_count = 0 AND control_json IS NULL",
+                    (control, event_count, message_id),
+                )
+                db.execute(INSERT_ENVELOPES, envelope)
+            if batch.rejects:
+                new_rejects += db.executemany(INSERT_REJECTS, batch.rejects).rowcount
+            db.execute("DELETE FROM rejects WHERE reject_key = ?", (key,))
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return events, adjustments, new_rejects
+
+
+def _write_retrying(db: sqlite3.Connection, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
+    attempt = 0
+    while True:
+        try:
+            return _write(db, fixed)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            attempt += 1
+            log.warning("database is locked by a worker (attempt %d); retrying", attempt)
+            time.sleep(min(0.1 * attempt, 2.0))
+
+
+def reprocess(
+    store: Store, max_decoded_bytes: int | None = None, dry_run: bool = False, show_progress: bool | None = None
+) -> ReprocessResult:
+    from tqdm import tqdm
+
+    db = store.db
+    result = ReprocessResult()
+    # Rejects a retried message adds are newer than `end`: they were just decided, not retried now.
+    total, end = db.execute("SELECT count(*), coalesce(max(rowid), 0) FROM rejects").fetchone()
+    last = 0
+    with tqdm(total=total, unit="rejects", desc="reprocess", disable=True if show_progress is False else None) as bar:
+        while True:
+            rows = db.execute(
+                "SELECT rowid, reject_key, message_id, event_index, raw FROM rejects WHERE rowid > ? AND rowid <= ? "
+                "ORDER BY rowid LIMIT ?",
+                (last, end, CHUNK),
+            ).fetchall()
+            if not rows:
+                break
+            last = rows[-1][0]
+            now = int(time.time())
+            fixed: list[tuple[str, Batch]] = []
+            for _rowid, key, message_id, event_index, raw in rows:
+                batch = retry_one(message_id, key, event_index, raw, max_decoded_bytes, now)
+                if batch is not None:
+                    fixed.append((key, batch))
+            result.retried += len(rows)
+            result.fixed += len(fixed)
+            result.kept += len(rows) - len(fixed)
+            if fixed and not dry_run:
+                events, adjustments, new_rejects = _write_retrying(db, fixed)
+                result.events += events
+                result.adjustments += adjustments
+                result.new_rejects += new_rejects
+            bar.update(len(rows))
+    return result
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    check_local(settings.db_path, args.allow_network_fs)
+    store = Store.open(settings.db_path)
+    try:
+        result = reprocess(store, settings.max_decoded_bytes, dry_run=args.dry_run)
+    except sqlite3.DatabaseError as exc:
+        raise DatabaseFault(f"cannot reprocess rejects in {settings.db_path}: {exc}") from exc
+    finally:
+        store.close()
+    verb = "would succeed" if args.dry_run else "succeeded"
+    summary: dict[str, Any] = {
+        "retried": result.retried,
+        verb: result.fixed,
+        "still rejected": result.kept,
+    }
+    if not args.dry_run:
+        summary.update(
+            {"new events": result.events, "new adjustments": result.adjustments, "new rejects": result.new_rejects}
+        )
+    print("reprocess-rejects: " + ", ".join(f"{k} {v:,}" for k, v in summary.items()))
+    return 0

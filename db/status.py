@@ -1,0 +1,164 @@
+"""`read_queue.py status`: the whole pipeline at a glance.
+
+Queue depth (visible, in flight, dead letters, oldest message on the local queue), rows per
+table, the newest event and how far behind it is, and the latest reject reasons. It only
+reads: the database is opened read-only and a missing local queue file is not created.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sqlite3
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from chalicelib.queues import QueueUnavailable, open_queue
+from chalicelib.settings import Settings
+
+from .store import TABLES, connect
+
+NAME = "status"
+HELP = "show queue depth, dead letters, rows per table, newest event and lag, last rejects"
+EPILOG = """examples:
+  python read_queue.py status
+  python read_queue.py status --db data/firehose.db --queue-url local:data/queue.db --rejects 20
+  python read_queue.py status --json | jq .database.lag_seconds
+
+exit status: 0 when the queue and the database could both be read, 1 otherwise."""
+
+
+def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
+    add_common(p)
+    p.add_argument("--rejects", type=int, default=5, metavar="N", help="how many recent reject reasons (default 5)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+
+
+def _iso(epoch: float | None) -> str | None:
+    return None if epoch is None else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+
+
+def queue_status(settings: Settings) -> dict[str, Any]:
+    label = settings.queue_url or f"local:{settings.local_queue_path}"
+    out: dict[str, Any] = {"queue": label, "backend": settings.queue_backend}
+    if settings.queue_backend == "local" and not Path(settings.local_queue_path).exists():
+        out["error"] = "no local queue file yet (nothing has been sent)"
+        return out
+    try:
+        queue = open_queue(settings)
+    except QueueUnavailable as exc:
+        out["error"] = str(exc)
+        return out
+    try:
+        depth = queue.depth()
+    except QueueUnavailable as exc:
+        out["error"] = str(exc)
+        return out
+    finally:
+        queue.close()
+    out.update(visible=depth.visible, in_flight=depth.in_flight, dead=depth.dead)
+    if depth.oldest_age_seconds is not None:
+        out["oldest_age_seconds"] = round(depth.oldest_age_seconds, 1)
+    return out
+
+
+def _scalar(db: sqlite3.Connection, sql: str, *params: Any) -> Any:
+    try:
+        return db.execute(sql, params).fetchone()[0]
+    except sqlite3.OperationalError:  # an older schema without that table
+        return None
+
+
+def database_status(path: str, reject_limit: int, now: float | None = None) -> dict[str, Any]:
+    now = time.time() if now is None else now
+    out: dict[str, Any] = {"path": path}
+    if not Path(path).exists():
+        out["error"] = "no database file yet (the worker creates it)"
+        return out
+    try:
+        db = connect(path, readonly=True)
+    except sqlite3.Error as exc:
+        out["error"] = f"cannot open: {exc}"
+        return out
+    try:
+        db.execute("BEGIN")  # one snapshot for every number below
+        out["schema_version"] = _scalar(db, "PRAGMA user_version")
+        # TABLES is a constant tuple of our own table names.
+        out["rows"] = {t: _scalar(db, f"SELECT count(*) FROM {t}") for t in TABLES}
+        out["rows"]["adjustments_pending"] = _scalar(db, "SELECT count(*) FROM adjustments_pending")
+        newest = _scalar(db, "SELECT max(event_time) FROM events")
+        ingested = _scalar(db, "SELECT max(ingested_at) FROM events")
+        out["newest_event_time"] = _iso(newest)
+        out["lag_seconds"] = None if newest is None else round(now - newest)
+        out["last_ingested"] = _iso(ingested)
+        try:
+            rows = db.execute(
+                "SELECT rejected_at, message_id, event_index, reason FROM rejects "
+                "ORDER BY rejected_at DESC, rowid DESC LIMIT ?",
+                (reject_limit,),
+            ).fetchall()
+        except sqlite3.OperationalError:
+            rows = []
+        out["last_rejects"] = [
+            {"rejected_at": _iso(at), "message_id": mid, "event_index": index, "reason": reason}
+            for at, mid, index, reason in rows
+        ]
+        db.execute("COMMIT")
+    except sqlite3.Error as exc:
+        out["error"] = f"cannot read: {exc}"
+    finally:
+        db.close()
+    return out
+
+
+def _n(value: int | None) -> str:
+    return "?" if value is None else f"{value:,}"
+
+
+def _duration(seconds: float) -> str:
+    sign, seconds = ("-" if seconds < 0 else ""), abs(seconds)
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if seconds >= size:
+            return f"{sign}{seconds / size:.1f} {unit}"
+    return f"{sign}{seconds:.0f} s"
+
+
+def render(report: dict[str, Any]) -> str:
+    q, d = report["queue"], report["database"]
+    lines = [f"queue     {q['queue']} ({q['backend']})"]
+    if "error" in q:
+        lines.append(f"  unavailable: {q['error']}")
+    else:
+        parts = [f"visible {_n(q['visible'])}", f"in flight {_n(q['in_flight'])}", f"dead letters {_n(q['dead'])}"]
+        if "oldest_age_seconds" in q:
+            parts.append(f"oldest message {_duration(q['oldest_age_seconds'])}")
+        lines.append("  " + " | ".join(parts))
+    lines.append(f"database  {d['path']}" + (f" (schema v{d['schema_version']})" if d.get("schema_version") else ""))
+    if "error" in d:
+        lines.append(f"  unavailable: {d['error']}")
+    if "rows" in d:
+        lines.append("  " + " | ".join(f"{t.replace('_', ' ')} {_n(n)}" for t, n in d["rows"].items()))
+        if d.get("newest_event_time"):
+            lines.append(f"  newest event {d['newest_event_time']} (lag {_duration(d['lag_seconds'])})")
+        else:
+            lines.append("  no events yet")
+        if d.get("last_ingested"):
+            lines.append(f"  last ingested {d['last_ingested']}")
+    rejects = d.get("last_rejects") or []
+    if rejects:
+        lines.append("last rejects (newest first)")
+        for r in rejects:
+            reason = r["reason"] if len(r["reason"]) <= 160 else r["reason"][:157] + "..."
+            lines.append(f"  {r['rejected_at']}  message {r['message_id']}  {reason}")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    report = {
+        "queue": queue_status(settings),
+        "database": database_status(settings.db_path, max(0, args.rejects)),
+    }
+    print(json.dumps(report, indent=2) if args.json else render(report))
+    return 1 if "error" in report["queue"] or "error" in report["database"] else 0

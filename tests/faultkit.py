@@ -1,0 +1,482 @@
+"""Tools for the crash, fault, poison and security suites (issue 5).
+
+Everything here drives the real programs: `read_queue.py` and `chalice local` run as child
+processes, SQS is moto over real HTTP, and faults are injected at the HTTP or file-system
+level. Expectations are computed from the generated events themselves, independently of the
+code under test (a key is the event's `tune_event_id`; an update is an event whose
+`adjust_action` is 2 or "update").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from chalicelib.codec import dump_event, encode_envelope
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+CHALICE = str(Path(sys.executable).parent / "chalice")
+
+# Secrets planted in the environment of the processes under test; no output may carry them.
+PLANTED_TOKEN = "tok-9f8e7d6c5b4a-PLANTED"  # noqa: S105 - a test value, not a secret
+PLANTED_AWS_SECRET = "aws-secret-0123456789abcdef-PLANTED"  # noqa: S105
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+# -- what should land -------------------------------------------------------------------------
+
+
+def is_update(event: dict[str, Any]) -> bool:
+    return "adjust_action" in event and str(event["adjust_action"]).strip().lower() in ("2", "update")
+
+
+@dataclass
+class Expected:
+    """Every unique event key and every update sequence id that must be stored exactly once."""
+
+    events: set[str] = field(default_factory=set)
+    adjustments: set[int] = field(default_factory=set)
+    offered: int = 0  # events handed to the pipeline, duplicates included
+
+    def add(self, events: list[dict[str, Any]]) -> None:
+        self.offered += len(events)
+        for e in events:
+            if is_update(e):
+                self.adjustments.add(int(e["adjustment_sequence_id"]))
+            else:
+                self.events.add(str(e["tune_event_id"]))
+
+    @classmethod
+    def of(cls, events: list[dict[str, Any]]) -> Expected:
+        expected = cls()
+        expected.add(events)
+        return expected
+
+
+def tune_body(events: list[dict[str, Any]]) -> str:
+    """A queue message exactly as TUNE writes it: base64(gzip(envelope))."""
+    return encode_envelope([dump_event(e) for e in events])
+
+
+def pack(events: list[dict[str, Any]], per_message: int) -> list[tuple[str, list[dict[str, Any]]]]:
+    return [
+        (tune_body(events[i : i + per_message]), events[i : i + per_message])
+        for i in range(0, len(events), per_message)
+    ]
+
+
+def read_only(path: Path | str) -> sqlite3.Connection:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    db.execute("PRAGMA busy_timeout=30000")
+    return db
+
+
+@dataclass
+class Stored:
+    events: list[str]
+    adjustments: list[int]
+    rejects: list[tuple[Any, ...]]  # (message_id, event_index, reason, raw[:200])
+    envelopes: dict[str, int]  # message_id -> receive_count
+
+
+def stored(db_path: Path | str) -> Stored:
+    if not Path(db_path).exists():
+        return Stored([], [], [], {})
+    with contextlib.closing(read_only(db_path)) as db:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "events" not in tables:
+            return Stored([], [], [], {})
+        events = [r[0] for r in db.execute("SELECT tune_event_id FROM events")]
+        adjustments = [r[0] for r in db.execute("SELECT adjustment_sequence_id FROM adjustments")]
+        rejects = db.execute("SELECT message_id, event_index, reason, substr(raw, 1, 200) FROM rejects").fetchall()
+        envelopes = dict(db.execute("SELECT message_id, receive_count FROM envelopes").fetchall())
+    return Stored(events, adjustments, rejects, envelopes)
+
+
+def assert_exactly_once(db_path: Path | str, expected: Expected, rejects: int = 0) -> Stored:
+    """Every expected event and update stored once, nothing else, and `rejects` rejects."""
+    got = stored(db_path)
+    missing = expected.events - set(got.events)
+    extra = set(got.events) - expected.events
+    assert not missing, f"{len(missing)} of {len(expected.events)} events lost, e.g. {sorted(missing)[:3]}"
+    assert not extra, f"{len(extra)} events stored that were never sent, e.g. {sorted(extra)[:3]}"
+    assert len(got.events) == len(set(got.events)), "an event is stored twice"
+    missing_adj = expected.adjustments - set(got.adjustments)
+    assert not missing_adj, f"{len(missing_adj)} of {len(expected.adjustments)} updates lost"
+    assert set(got.adjustments) == expected.adjustments, "updates stored that were never sent"
+    assert len(got.adjustments) == len(set(got.adjustments)), "an update is in the ledger twice"
+    assert len(got.rejects) == rejects, f"expected {rejects} rejects, got {got.rejects[:5]}"
+    return got
+
+
+# -- the local queue file, read from outside ------------------------------------------------------
+
+
+@dataclass
+class LocalQueueState:
+    visible: int
+    in_flight: int
+    dead: int
+    max_receive_count: int
+    bodies: list[str]
+
+
+def local_queue_state(path: Path | str) -> LocalQueueState:
+    now = time.time()
+    with contextlib.closing(read_only(path)) as db:
+        rows = db.execute("SELECT body, visible_at, receive_count FROM messages").fetchall()
+        dead = db.execute("SELECT body FROM dead_letters").fetchall()
+    return LocalQueueState(
+        visible=sum(1 for _, v, _ in rows if v <= now),
+        in_flight=sum(1 for _, v, _ in rows if v > now),
+        dead=len(dead),
+        max_receive_count=max((c for _, _, c in rows), default=0),
+        bodies=[b for b, _, _ in rows] + [b for (b,) in dead],
+    )
+
+
+def sqs_depth(client: Any, url: str) -> tuple[int, int]:
+    attrs = client.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def make_sqs_queue(client: Any, name: str, max_receive_count: int = 5) -> tuple[str, str]:
+    """A fresh queue with a dead-letter queue; returns (queue URL, DLQ URL)."""
+    dlq_url = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": str(max_receive_count)})
+    url = client.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})["QueueUrl"]
+    return url, dlq_url
+
+
+# -- the worker as a child process -------------------------------------------------------------
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE_URL", "DB_PATH", "FIREHOSE_TOKEN")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+class WorkerProcess:
+    """`python read_queue.py --db DB --queue-url URL ...`, output captured to a file."""
+
+    def __init__(
+        self,
+        db: Path | str,
+        queue_url: str,
+        log_dir: Path,
+        name: str = "worker",
+        until_empty: bool = True,
+        visibility_timeout: int = 60,
+        wait_seconds: float = 1,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = log_dir / f"{name}.log"
+        args = [
+            PYTHON,
+            str(ROOT / "read_queue.py"),
+            "--db",
+            str(db),
+            "--queue-url",
+            queue_url,
+            "--visibility-timeout",
+            str(visibility_timeout),
+            "--wait-seconds",
+            str(wait_seconds),
+        ]
+        if until_empty:
+            args.append("--until-empty")
+        with open(self.log_path, "wb") as log:
+            # cwd is the log directory, so a developer's .env never leaks into a test.
+            self.proc = subprocess.Popen(
+                args, cwd=log_dir, env=env or child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def signal(self, sig: int) -> bool:
+        """Send `sig` if the process still runs; True when it was delivered."""
+        if self.proc.poll() is not None:
+            return False
+        try:
+            os.kill(self.proc.pid, sig)
+        except ProcessLookupError:
+            return False
+        return True
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def writer_busy(db_path: Path | str) -> bool:
+    """True while another connection holds the database's write lock (a batch being written).
+
+    Probes with BEGIN IMMEDIATE and no busy wait; when it gets the lock it lets go at once.
+    """
+    if not Path(db_path).exists():
+        return False
+    db = sqlite3.connect(db_path, timeout=0, isolation_level=None)
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError:
+        return True
+    finally:
+        db.close()
+
+
+# -- chalice local -----------------------------------------------------------------------------------
+
+
+class ChaliceLocal:
+    """`chalice local --no-autoreload` in its own process group, on a free port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [CHALICE, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(self.port)],
+            cwd=ROOT,
+            env=child_env(**env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self._wait_healthy()
+
+    def _wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"chalice local exited with {self.proc.returncode}: {self.output()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:  # noqa: S310 - our own server
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"chalice local did not answer on {self.url} within {timeout} s")
+
+    def post(self, body: bytes, headers: dict[str, str] | None = None, timeout: float = 30) -> tuple[int, bytes]:
+        """One POST on a fresh connection: (status, body); raises OSError/HTTPException if cut off."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            conn.request("POST", "/events", body=body, headers={"Content-Type": "application/json", **(headers or {})})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, sig)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._log.close()
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+# -- a fault-injecting HTTP proxy between boto3 and moto ------------------------------------------------
+
+PASS, UNAVAILABLE, INTERNAL, THROTTLE, DROP = "pass", "503", "500", "throttle", "drop"
+
+_ERRORS = {
+    UNAVAILABLE: (503, "ServiceUnavailable", "Service is unavailable, try again"),
+    INTERNAL: (500, "InternalError", "We encountered an internal error, try again"),
+    THROTTLE: (400, "ThrottlingException", "Rate exceeded"),
+}
+
+
+class FaultProxy:
+    """Forwards SQS JSON-protocol requests to `upstream`, injecting faults chosen by `decide`.
+
+    `decide(target)` gets the operation (e.g. "ReceiveMessage") and returns PASS, UNAVAILABLE,
+    INTERNAL, THROTTLE or DROP (close the connection without answering). `refuse()` closes the
+    listening socket so connections are refused, `accept()` opens it again on the same port.
+    `before_delete(receipts, bodies)` runs before a delete is forwarded; it sees the bodies the
+    receipts were handed out with, so a test can check their events are already committed.
+    """
+
+    def __init__(self, upstream: str, decide: Callable[[str], str] | None = None) -> None:
+        self.upstream = urlparse(upstream)
+        self.decide: Callable[[str], str] = decide or (lambda target: PASS)
+        self.before_delete: Callable[[list[str], list[str | None]], None] | None = None
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log: list[tuple[float, str, str]] = []  # (time, operation, action)
+        self.receipts: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+        self._thread: threading.Thread | None = None
+        self.accept()
+
+    # listening ---------------------------------------------------------------------------------
+    def accept(self) -> None:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                proxy._handle(self)
+
+        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server.daemon_threads = True
+        self._server = server
+        self._thread = threading.Thread(target=server.serve_forever, name="fault-proxy", daemon=True)
+        self._thread.start()
+
+    def refuse(self) -> None:
+        assert self._server is not None and self._thread is not None
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join()
+        self._server = None
+
+    def close(self) -> None:
+        if self._server is not None:
+            self.refuse()
+
+    def count(self, since: float = 0.0, until: float = float("inf"), action: str | None = None) -> int:
+        with self._lock:
+            return sum(1 for t, _, a in self.log if since <= t <= until and (action is None or a == action))
+
+    # forwarding --------------------------------------------------------------------------------
+    def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        length = int(h.headers.get("Content-Length") or 0)
+        body = h.rfile.read(length) if length else b""
+        target = (h.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
+        action = self.decide(target)
+        with self._lock:
+            self.log.append((time.monotonic(), target, action))
+        if action == DROP:
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if action in _ERRORS:
+            status, code, message = _ERRORS[action]
+            payload = json.dumps({"__type": f"com.amazonaws.sqs#{code}", "message": message}).encode()
+            h.send_response(status)
+            h.send_header("Content-Type", "application/x-amz-json-1.0")
+            h.send_header("x-amzn-query-error", f"{code};{'Sender' if status < 500 else 'Receiver'}")
+            h.send_header("Content-Length", str(len(payload)))
+            h.end_headers()
+            h.wfile.write(payload)
+            return
+        if target in ("DeleteMessageBatch", "DeleteMessage") and self.before_delete is not None:
+            request = json.loads(body or b"{}")
+            handles = [e["ReceiptHandle"] for e in request.get("Entries", [])] or [request.get("ReceiptHandle", "")]
+            with self._lock:
+                bodies = [self.receipts.get(r) for r in handles]
+            self.before_delete(handles, bodies)
+        try:
+            conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
+            headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
+            conn.request("POST", h.path, body=body, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+            conn.close()
+        except OSError:  # upstream down (moto restarting): the client sees a cut connection
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if target == "ReceiveMessage" and resp.status == 200:
+            with self._lock:
+                for m in json.loads(data or b"{}").get("Messages", []):
+                    self.receipts[m["ReceiptHandle"]] = m["Body"]
+        h.send_response(resp.status)
+        for key, value in resp.getheaders():
+            if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):
+                h.send_header(key, value)
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+
+# -- a small file system that can fill up or turn read-only -------------------------------------------
+
+
+def can_mount() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def remount(path: Path, options: str) -> None:
+    subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)

@@ -1,0 +1,97 @@
+"""Helpers for the operations tests: deterministic input, workers, and domain snapshots."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.generate import Generator
+from chalicelib.codec import encode_envelope, pack_events
+from chalicelib.queues.base import Queue
+from db.store import Store
+from db.worker import Limits, Worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Ingestion metadata: where and when a row landed, which differs between hosts by design.
+INGEST_COLUMNS = {"message_id", "ingested_at"}
+
+
+def bodies(seed: int, events: int, per_message_bytes: int = 12_000) -> list[str]:
+    """TUNE-form message bodies with duplicates and adjustments mixed in, plus bad input:
+    an undecodable message, an event without an action and an update without a sequence id."""
+    out = [p.body for p in pack_events(Generator(seed).events(events), per_message_bytes, {"batch": seed})]
+    out.append(f"this is not a firehose message (seed {seed})")
+    bad = [
+        b'{"tune_event_id":"bad-%d","datetime":1790000000}' % seed,
+        b'{"action":"conversion","adjust_action":2,"tune_event_id":"x-%d"}' % seed,
+    ]
+    out.append(encode_envelope(bad, {"batch": seed, "bad": True}))
+    return out
+
+
+def send(queue: Queue, messages: list[str]) -> None:
+    result = queue.send_all(messages)
+    assert result.ok, result.failed
+
+
+def drain(queue: Queue, db_path: Path | str, **worker_args: Any) -> Worker:
+    """Run one in-process worker until the queue is empty."""
+    store = Store.open(db_path)
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=0), out=None, **worker_args)
+        assert worker.run(until_empty=True) == 0
+        return worker
+    finally:
+        store.close()
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("QUEUE_URL", "DB_PATH")}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+def read_queue(*args: str, **popen: Any) -> subprocess.Popen[str]:
+    """Start `python read_queue.py ARGS` as its own process, as an operator would."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "read_queue.py"), *args],
+        cwd=ROOT,
+        env=popen.pop("env", None) or worker_env(),
+        text=True,
+        **popen,
+    )
+
+
+def _table(db: sqlite3.Connection, table: str, exclude: set[str], order: str) -> list[tuple[Any, ...]]:
+    columns = [r[1] for r in db.execute(f"PRAGMA table_info({table})") if r[1] not in exclude]
+    return db.execute(f"SELECT {', '.join(columns)} FROM {table} ORDER BY {order}").fetchall()
+
+
+def domain(path: Path | str) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything an analyst sees, without ingestion metadata."""
+    db = sqlite3.connect(path)
+    try:
+        return {
+            "events": _table(db, "events", INGEST_COLUMNS, "tune_event_id"),
+            "adjustments": _table(db, "adjustments", INGEST_COLUMNS, "adjustment_sequence_id"),
+            "rejects": db.execute("SELECT reject_key, event_index, reason, raw FROM rejects ORDER BY 1").fetchall(),
+            "envelopes": db.execute("SELECT control_json, event_count FROM envelopes ORDER BY 1, 2").fetchall(),
+            "daily_stats": db.execute("SELECT * FROM daily_stats ORDER BY 1, 2, 3, 4").fetchall(),
+            "events_reconciled": db.execute("SELECT * FROM events_reconciled ORDER BY 1").fetchall(),
+        }
+    finally:
+        db.close()
+
+
+def count(path: Path | str, table: str) -> int:
+    db = sqlite3.connect(path)
+    try:
+        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+    finally:
+        db.close()

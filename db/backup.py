@@ -53,7 +53,9 @@ def backup(
     verify: bool = True,
     step_pages: int = DEFAULT_STEP_PAGES,
     show_progress: bool | None = None,
+    on_step: Callable[[int, int], None] | None = None,
 ) -> BackupResult:
+    """Copy `source` to `dest`; `on_step(remaining, total)` runs after each step of pages."""
     from tqdm import tqdm
 
     source, dest = Path(source), Path(dest)
@@ -84,6 +86,8 @@ def backup(
                 def progress(_status: int, remaining: int, total: int) -> None:
                     bar.total = total
                     bar.update(total - remaining - bar.n)
+                    if on_step is not None:
+                        on_step(remaining, total)
 
                 src.backup(out, pages=step_pages, progress=progress)
             (pages,) = out.execute("PRAGMA page_count").fetchone()

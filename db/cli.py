@@ -6,11 +6,12 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings, SettingsError, load_settings
 
-from . import backup, logs, merge, netfs, redrive, reprocess, status
+from . import backup, logs, merge, netfs, redrive, reprocess, setup_queue, status
 from .schema import SchemaTooNew
 from .store import DatabaseFault, Store
 from .worker import Limits, Observer, Worker
@@ -35,13 +36,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 def cmd_run(args: argparse.Namespace) -> int:
     settings = _settings(args)
     netfs.check_local(settings.db_path, args.allow_network_fs)
-    store = Store.open(settings.db_path)
-    queue = open_queue(settings)
-    limits = Limits(
-        wait_seconds=args.wait_seconds,
-        visibility_timeout=args.visibility_timeout,
-        max_decoded_bytes=settings.max_decoded_bytes,
-    )
     observers: list[Observer] = []
     if args.log_format == "json":
         observers.append(logs.BatchLog())
@@ -50,9 +44,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         from .metrics import Metrics  # prometheus_client is needed only with --metrics-port
 
         metrics = Metrics()
-        metrics.seed(store.db)
-        metrics.serve(args.metrics_port, args.metrics_addr)
+        try:
+            metrics.serve(args.metrics_port, args.metrics_addr)
+        except OSError as exc:
+            print(
+                f"read_queue.py: cannot serve metrics on {args.metrics_addr}:{args.metrics_port}: {exc}",
+                file=sys.stderr,
+            )
+            return EXIT_USAGE
         observers.append(metrics)
+    store = Store.open(settings.db_path)
+    queue = open_queue(settings)
+    if metrics is not None:
+        metrics.seed(store.db)
+    limits = Limits(
+        wait_seconds=args.wait_seconds,
+        visibility_timeout=args.visibility_timeout,
+        max_decoded_bytes=settings.max_decoded_bytes,
+    )
     # In JSON mode stderr carries only JSON lines; progress travels in the batch records.
     quiet = args.quiet or args.log_format == "json"
     worker = Worker(queue, store, limits, out=None if quiet else sys.stderr, observers=observers)
@@ -83,14 +92,26 @@ def _add_log_format(p: argparse.ArgumentParser) -> None:
     )
 
 
-# Day-2 commands: each module has NAME, HELP, EPILOG, add_arguments(parser, add_common) and
-# run(args, settings).
-OPS_COMMANDS = (status, merge, backup, redrive, reprocess)
+class _Command(Protocol):
+    """A day-2 command: one module each (db/status.py, db/merge.py, ...)."""
+
+    NAME: str
+    HELP: str
+    EPILOG: str
+
+    def add_arguments(
+        self, p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]
+    ) -> None: ...
+
+    def run(self, args: argparse.Namespace, settings: Settings) -> int: ...
 
 
-def _ops_handler(command: object) -> Callable[[argparse.Namespace], int]:
+OPS_COMMANDS: tuple[_Command, ...] = (status, merge, backup, redrive, reprocess)
+
+
+def _ops_handler(command: _Command) -> Callable[[argparse.Namespace], int]:
     def handler(args: argparse.Namespace) -> int:
-        return int(command.run(args, _settings(args)))  # type: ignore[attr-defined]
+        return command.run(args, _settings(args))
 
     return handler
 
@@ -125,6 +146,9 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         help="open the database even on NFS/CIFS/SMB (unsafe if another host ever opens the file)",
     )
     handlers["run"] = cmd_run
+
+    setup_queue.add_parser(sub)
+    handlers["setup"] = setup_queue.cmd_setup
 
     for command in OPS_COMMANDS:
         p = sub.add_parser(

@@ -21,7 +21,7 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -178,7 +178,9 @@ def _copy(db: sqlite3.Connection, table: str, mark: str, columns: list[str], lo:
             time.sleep(0.5)
 
 
-def _windows(db: sqlite3.Connection, table: str, mark: str, start: Any, chunk: int, indexed: bool):  # type: ignore[no-untyped-def]
+def _windows(
+    db: sqlite3.Connection, table: str, mark: str, start: Any, chunk: int, indexed: bool
+) -> Iterator[tuple[Any, Any]]:
     """Successive [lo, hi) ranges of about `chunk` rows each; the last is open-ended (hi None)."""
     if not indexed:
         yield start, None  # without the index every range is a full scan: do one

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from chalicelib.queues import QueueUnavailable, open_queue
 from chalicelib.queues.base import MAX_BATCH_ENTRIES
+from chalicelib.queues.local import LocalQueue
 from chalicelib.settings import Settings
 
 log = logging.getLogger("tune_firehose.redrive")
@@ -46,13 +48,21 @@ class RedriveResult:
 
 def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
     add_common(p)
-    p.add_argument("--max", type=int, metavar="N", help="move at most N messages (default: all)")
+    p.add_argument("--max", type=_positive, metavar="N", help="move at most N messages (default: all)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
 
 
 def dead_letter_url(client: Any, queue_url: str) -> str:
     """The URL of the queue the main queue's RedrivePolicy sends dead letters to."""
     try:
-        attrs = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])["Attributes"]
+        attrs = client.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["RedrivePolicy"])
+        attrs = attrs.get("Attributes", {})
     except (BotoCoreError, ClientError) as exc:
         raise QueueUnavailable(f"cannot read the RedrivePolicy of {queue_url}: {exc}") from exc
     policy = attrs.get("RedrivePolicy")
@@ -138,19 +148,20 @@ def redrive_sqs(queue: Any, limit: int | None = None, show_progress: bool | None
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.max is not None and args.max < 1:
-        raise QueueUnavailable("--max must be at least 1")
     queue = open_queue(settings)
     try:
-        if queue.backend == "local":
+        if isinstance(queue, LocalQueue):
             if args.max is not None:
-                print("redrive: --max applies to SQS only; the local queue moves every dead letter at once")
-            moved = queue.redrive()  # type: ignore[attr-defined]
+                print(
+                    "redrive: --max applies to SQS only; the local queue moves every dead letter at once",
+                    file=sys.stderr,
+                )
+            moved = queue.redrive()
             result = RedriveResult(moved=moved)
         else:
             result = redrive_sqs(queue, args.max)
     except QueueUnavailable as exc:
-        print(f"read_queue.py redrive: {exc}")
+        print(f"read_queue.py redrive: {exc}", file=sys.stderr)
         return 1
     finally:
         queue.close()

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from chalicelib.codec import CodecError, decode_body, event_problem
+from chalicelib.codec import CodecError, decode_body, dump_event_text, event_problem
 
 from .coerce import FieldError, iso_utc, strict_int, to_bool, to_epoch, to_int, to_micros, to_text
 
@@ -34,9 +34,12 @@ TEXT_FIELDS = (
     "aff_sub aff_sub2 aff_sub3 aff_sub4 aff_sub5 adv_sub adv_sub2 adv_sub3 adv_sub4 adv_sub5 "
     "adv_unique1 adv_unique2 adv_unique3 adv_unique4 adv_unique5 affiliate_unique1 affiliate_unique2 "
     "affiliate_unique3 affiliate_unique4 affiliate_unique5 app_version timezone session_datetime ip "
-    "user_agent country_code mobile_carrier req_connection_speed click_url"
+    "user_agent country_code mobile_carrier req_connection_speed click_url "
+    # Listed in the format notes as likely but unconfirmed in Firehose payloads.
+    "session_ip refer pixel_refer device_brand device_model device_os device_os_version device_id android_id "
+    "ios_ifa ios_ifv google_aid user_id promo_code order_id sku_id product_category"
 ).split()
-BOOL_FIELDS = ("is_click_unique", "session_on_impression")
+BOOL_FIELDS = ("is_click_unique", "session_on_impression", "is_adjustment")
 TIME_FIELDS = ("adjustment_timestamp", "created_timestamp")
 MONEY_FIELDS = ("payout", "revenue", "sale_amount", "current_payout", "current_revenue")
 
@@ -130,8 +133,9 @@ def event_row(event: dict[str, Any], kind: str, raw: str, message_id: str | None
         iso_utc(when),
         to_text(get("datetime")),
         strict_int(get("num"), "num"),
-        *[to_int(get(f)) for f in INT_FIELDS],
-        *[to_text(get(f)) for f in TEXT_FIELDS],
+        # Most fields are absent or already of the column's type: skip the call for those.
+        *[None if v is None else to_int(v) for v in map(get, INT_FIELDS)],
+        *[v if v is None or type(v) is str else to_text(v) for v in map(get, TEXT_FIELDS)],
         *[to_bool(get(f)) for f in BOOL_FIELDS],
         *[to_epoch(get(f)) for f in TIME_FIELDS],
         *_money(event),
@@ -179,6 +183,14 @@ def reject_row(message_id: str | None, index: int | None, reason: str, raw: str,
     return (key, message_id, index, reason, raw, now)
 
 
+def _is_utf8_encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 @dataclass
 class Batch:
     """Rows for one transaction, gathered from one or more queue messages."""
@@ -196,7 +208,7 @@ class Batch:
         now = int(time.time()) if now is None else now
         for index, event in enumerate(events):
             try:
-                raw = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+                raw = dump_event_text(event)
             except (ValueError, RecursionError):
                 self.rejects.append(
                     reject_row(message_id, index, "event cannot be serialised", repr(event)[:1000], now)
@@ -205,6 +217,10 @@ class Batch:
             problem = event_problem(event)
             if problem is None and len(raw) > MAX_EVENT_BYTES:
                 problem = f"is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte per-event limit"
+            if not raw.isascii() and not _is_utf8_encodable(raw):
+                # JSON allows "\ud800" but SQLite text must be valid UTF-8: keep it, escaped, in rejects.
+                problem = problem or "holds a lone UTF-16 surrogate, which is not valid Unicode text"
+                raw = json.dumps(event, separators=(",", ":"), ensure_ascii=True)
             if problem is None:
                 try:
                     kind = event_kind(event)
@@ -233,7 +249,7 @@ class Batch:
             self.rejects.append(reject_row(message_id, None, f"message undecodable: {exc}", body, now))
             self.envelopes.append((message_id, now, receive_count, None, 0))
             return 0
-        control = json.dumps(decoded.control, separators=(",", ":"), ensure_ascii=False) if decoded.control else None
+        control = json.dumps(decoded.control, separators=(",", ":"), ensure_ascii=True) if decoded.control else None
         self.envelopes.append((message_id, now, receive_count, control, len(decoded.events)))
         self.add_events(decoded.events, message_id, now)
         return len(decoded.events)

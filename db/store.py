@@ -7,6 +7,7 @@ idempotent: an event, update or reject seen before changes nothing.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from .schema import migrate
 log = logging.getLogger(__name__)
 
 BUSY_TIMEOUT_MS = 5000
+# SQLite's page cache for the writer (negative: KiB). The default 2 MiB makes every insert at a
+# random key of the events b-tree read its page back from the OS; bench/RESULTS.md has the effect.
+CACHE_KIB = 32_768
 TABLES = ("events", "adjustments", "envelopes", "rejects")
 
 
@@ -59,8 +63,24 @@ def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
+        db.execute(f"PRAGMA cache_size=-{int(CACHE_KIB)}")
     db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return db
+
+
+def _why_unwritable(path: Path) -> str:
+    """A hint for an operator when SQLite's own message ("unable to open database file") is vague."""
+    directory = path.parent if path.parent.exists() else Path(".")
+    try:
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            return f" (the file system holding {directory} is mounted read-only)"
+    except OSError:
+        return ""
+    if not os.access(directory, os.W_OK):
+        return f" (the directory {directory} is not writable)"
+    if path.exists() and not os.access(path, os.W_OK):
+        return " (the file is read-only)"
+    return ""
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -86,7 +106,7 @@ class Store:
                         raise
                     log.warning("database %s is locked by another process; waiting to migrate", path)
         except sqlite3.DatabaseError as exc:
-            raise DatabaseFault(f"cannot open database {path}: {exc}") from exc
+            raise DatabaseFault(f"cannot open database {path}: {exc}{_why_unwritable(path)}") from exc
         return cls(db, path)
 
     def write(self, batch: Batch, give_up: Callable[[], bool] = lambda: False) -> WriteStats:

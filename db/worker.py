@@ -29,12 +29,16 @@ log = logging.getLogger("tune_firehose.worker")
 
 EXIT_OK, EXIT_DB_FAULT = 0, 3
 
+# How often the progress line asks for the queue depth. The local queue counts its file;
+# SQS refreshes its approximate counts about once a minute and bills every call.
+DEPTH_INTERVAL_SECONDS = {"local": 1.0, "sqs": 15.0}
+
 
 @dataclass
 class Limits:
     wait_seconds: float = 20
     visibility_timeout: int = 60
-    max_batch_events: int = 20_000
+    max_batch_events: int = 5_000
     max_batch_bytes: int = 16 * 1024 * 1024
     max_batch_seconds: float = 1.0
     max_decoded_bytes: int = 32 * 1024 * 1024
@@ -107,6 +111,8 @@ class Worker:
         self.stopping = False
         self._idle = False
         self._last_progress = 0.0
+        self._last_depth: Depth | None = None
+        self._depth_at: float | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -160,7 +166,11 @@ class Worker:
             self._idle = False
 
     def _drained(self) -> bool:
-        depth = self.queue.depth()
+        try:
+            depth = self.queue.depth()
+        except QueueUnavailable as exc:  # not known to be empty: keep polling rather than crash
+            log.warning("could not read the queue depth, so not stopping yet: %s", exc)
+            return False
         return depth.visible == 0 and depth.in_flight == 0
 
     # -- prepare -----------------------------------------------------------------------------
@@ -259,20 +269,26 @@ class Worker:
 
     # -- progress ----------------------------------------------------------------------------
 
-    def _depth(self) -> Depth | None:
+    def _depth(self, fresh: bool = False) -> Depth | None:
+        now = self.clock()
+        interval = DEPTH_INTERVAL_SECONDS.get(getattr(self.queue, "backend", ""), 1.0)
+        if not fresh and self._depth_at is not None and now - self._depth_at < interval:
+            return self._last_depth
+        self._depth_at = now
         try:
-            return self.queue.depth()
+            self._last_depth = self.queue.depth()
         except QueueUnavailable as exc:
             log.warning("could not read the queue depth: %s", exc)
-            return None
+            self._last_depth = None
+        return self._last_depth
 
     def _progress(self, final: bool = False) -> None:
         now = self.clock()
-        # Depth can be a full scan (local) or a few API calls (SQS): sample it at most once a second.
+        # At most one line a second; the depth in it is refreshed per DEPTH_INTERVAL_SECONDS.
         if (self.out is None and not self.observers) or (not final and now - self._last_progress < 1.0):
             return
         self._last_progress = now
-        depth = self._depth()
+        depth = self._depth(fresh=final)
         for observer in self.observers:
             observer.sampled(self.totals, depth, final)
         if self.out is None:

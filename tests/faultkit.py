@@ -337,13 +337,14 @@ class ChaliceLocal:
         self._log.close()
 
     def output(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
 
 # -- a fault-injecting HTTP proxy between boto3 and moto ------------------------------------------------
 
-PASS, UNAVAILABLE, INTERNAL, THROTTLE, DROP = "pass", "503", "500", "throttle", "drop"
+PASS, UNAVAILABLE, INTERNAL, THROTTLE, DROP, LOST = "pass", "503", "500", "throttle", "drop", "lost-reply"
 
 _ERRORS = {
     UNAVAILABLE: (503, "ServiceUnavailable", "Service is unavailable, try again"),
@@ -356,7 +357,8 @@ class FaultProxy:
     """Forwards SQS JSON-protocol requests to `upstream`, injecting faults chosen by `decide`.
 
     `decide(target)` gets the operation (e.g. "ReceiveMessage") and returns PASS, UNAVAILABLE,
-    INTERNAL, THROTTLE or DROP (close the connection without answering). `refuse()` closes the
+    INTERNAL, THROTTLE, DROP (close the connection without forwarding) or LOST (forward, then
+    close the connection without answering: the call happened but the caller cannot know). `refuse()` closes the
     listening socket so connections are refused, `accept()` opens it again on the same port.
     `before_delete(receipts, bodies)` runs before a delete is forwarded; it sees the bodies the
     receipts were handed out with, so a test can check their events are already committed.
@@ -452,6 +454,11 @@ class FaultProxy:
             with self._lock:
                 for m in json.loads(data or b"{}").get("Messages", []):
                     self.receipts[m["ReceiptHandle"]] = m["Body"]
+        if action == LOST:
+            h.close_connection = True
+            with contextlib.suppress(OSError):
+                h.connection.shutdown(socket.SHUT_RDWR)
+            return
         h.send_response(resp.status)
         for key, value in resp.getheaders():
             if key.lower() not in ("content-length", "connection", "transfer-encoding", "server", "date"):

@@ -286,3 +286,14 @@ def test_indexes_for_analyst_filters(local_queue: LocalQueue, db: Path) -> None:
     assert {"event_time", "action", "offer_id", "affiliate_id", "advertiser_id", "transaction_id"} <= indexed
     plan = " ".join(str(r) for r in rows(db, "EXPLAIN QUERY PLAN SELECT * FROM events WHERE offer_id = 12"))
     assert "events_by_offer" in plan
+
+
+def test_lone_surrogate_is_a_reject_not_a_crash(local_queue: LocalQueue, db: Path) -> None:
+    # Valid JSON, invalid Unicode: SQLite cannot store it as text, so it is kept (escaped) in rejects.
+    body = '{"events": [{"action": "click", "tune_event_id": "s1", "aff_sub": "\\ud800"}, ' \
+           '{"action": "click", "tune_event_id": "s2"}]}'
+    assert local_queue.send_all([body]).ok
+    drain(local_queue, db)
+    assert rows(db, "SELECT tune_event_id FROM events") == [("s2",)]
+    [(reason, raw)] = rows(db, "SELECT reason, raw FROM rejects")
+    assert "lone UTF-16 surrogate" in reason and json.loads(raw)["aff_sub"] == "\ud800"

@@ -7,6 +7,7 @@ import sqlite3
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ from tests.ops_kit import bodies, count, domain, drain, read_queue, send
 DEADLINE_SECONDS = 60  # a bound on waiting, never an assertion about speed
 
 
-def _wait_for(predicate, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait_for(predicate: Callable[[], bool], what: str) -> None:
     deadline = time.monotonic() + DEADLINE_SECONDS
     while not predicate():
         if time.monotonic() > deadline:
@@ -38,19 +39,8 @@ def _scalar(path: Path, sql: str) -> int:
 
 
 def _start_hosts(queue_path: Path, dbs: list[Path]) -> list[subprocess.Popen[str]]:
-    procs = [
-        read_queue(
-            "--db",
-            str(db),
-            "--queue-url",
-            f"local:{queue_path}",
-            "--wait-seconds",
-            "1",
-            "--quiet",
-            stderr=subprocess.PIPE,
-        )  # fmt: skip
-        for db in dbs
-    ]
+    args = ["--queue-url", f"local:{queue_path}", "--wait-seconds", "1", "--quiet"]
+    procs = [read_queue(*args, "--db", str(db), stderr=subprocess.PIPE) for db in dbs]
     for proc in procs:  # each is polling the queue once it has said so
         assert proc.stderr is not None
         line = proc.stderr.readline()

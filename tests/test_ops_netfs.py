@@ -29,10 +29,16 @@ def fake_mounts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+def _fs_type(path: Path) -> str:
+    mount = mount_of(path)
+    assert mount is not None
+    return mount.fs_type
+
+
 def test_longest_mount_point_wins(fake_mounts: Path) -> None:
-    assert mount_of(fake_mounts / "remote" / "firehose.db").fs_type == "nfs4"  # type: ignore[union-attr]
-    assert mount_of(fake_mounts / "remote" / "local disk" / "firehose.db").fs_type == "xfs"  # type: ignore[union-attr]
-    assert mount_of(fake_mounts / "remote-not-really" / "x.db").fs_type == "ext4"  # type: ignore[union-attr]
+    assert _fs_type(fake_mounts / "remote" / "firehose.db") == "nfs4"
+    assert _fs_type(fake_mounts / "remote" / "local disk" / "firehose.db") == "xfs"
+    assert _fs_type(fake_mounts / "remote-not-really" / "x.db") == "ext4"
     with pytest.raises(NetworkFileSystem, match="nfs4"):
         check_local(fake_mounts / "remote" / "firehose.db")
     check_local(fake_mounts / "remote" / "local disk" / "firehose.db")

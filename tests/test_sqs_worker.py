@@ -78,16 +78,33 @@ def test_tune_messages_sent_straight_into_the_queue_land_in_sqlite(
     assert (depth.visible, depth.in_flight, depth.dead) == (0, 0, 0)
 
 
+class PoisonedStore:
+    """A real store that fails, with an error the worker does not expect, on any batch holding
+    event `poison` (say, a value the driver cannot bind). Any message like that is poison."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def write(self, batch: Batch, give_up: Any = lambda: False) -> WriteStats:
+        if any(row[0] == "poison" for row in batch.events):
+            raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+        return self.store.write(batch, give_up)
+
+
 def test_poison_message_reaches_the_dlq_and_never_blocks_the_messages_behind_it(
     sqs_queue: SqsQueue, sqs_client: Any, tmp_path: Path
 ) -> None:
-    # Valid JSON that SQLite cannot store (a lone surrogate): it fails on every delivery.
-    poison = tune_message([{"action": "click", "tune_event_id": "p", "aff_sub": "\ud800"}])
+    poison = tune_message([{"action": "click", "tune_event_id": "poison"}])
     sqs_client.send_message(QueueUrl=sqs_queue.url, MessageBody=tune_message([ev(1), ev(2)]))
     sqs_client.send_message(QueueUrl=sqs_queue.url, MessageBody=poison)
     sqs_client.send_message(QueueUrl=sqs_queue.url, MessageBody=tune_message([ev(3)]))
 
-    run_worker(sqs_queue, tmp_path / "f.db", visibility_timeout=1)
+    store = Store.open(tmp_path / "f.db")
+    try:
+        worker = Worker(sqs_queue, PoisonedStore(store), Limits(wait_seconds=1, visibility_timeout=1), out=None)  # type: ignore[arg-type]
+        assert worker.run(until_empty=True) == 0
+    finally:
+        store.close()
 
     assert sorted(r[0] for r in rows(tmp_path / "f.db", "SELECT tune_event_id FROM events")) == ["id-1", "id-2", "id-3"]
     # The good messages were written on their first delivery, not held back by the poison.
@@ -156,8 +173,9 @@ def test_failed_delete_entries_are_retried(sqs_queue: SqsQueue, sqs_client: Any,
     for i in range(3):
         sqs_client.send_message(QueueUrl=sqs_queue.url, MessageBody=tune_message([ev(i)]))
     deletes = fail_deletes(sqs_queue.client, times=1)
-    run_worker(sqs_queue, tmp_path / "f.db")
+    worker = run_worker(sqs_queue, tmp_path / "f.db", visibility_timeout=1)
     assert len(deletes) >= 2  # the failed call and its retry
+    assert worker.totals.written.duplicates == 0  # deleted by the retry, so never redelivered
     assert one(tmp_path / "f.db", "SELECT count(*) FROM events") == 3
     depth = sqs_queue.depth()
     assert (depth.visible, depth.in_flight) == (0, 0)

@@ -61,8 +61,12 @@ class LocalQueue:
         self._lock = threading.Lock()  # the worker's heartbeat thread shares this connection
         self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: a send that returned has reached the disk, which is what a 202 promises.
+        # FULL: a send that returned has reached the disk, which is what a 202 promises. Receives,
+        # deletes and visibility changes commit with NORMAL (no fsync of their own; the next FULL
+        # commit or checkpoint syncs them): one lost to a power cut only means a redelivery, which
+        # at-least-once already allows. This removes two fsyncs per receive/delete round trip.
         self._db.execute("PRAGMA synchronous=FULL")
+        self._synchronous = "FULL"
         self._db.execute("PRAGMA busy_timeout=60000")
         with self._lock:
             self._db.executescript(_SCHEMA)
@@ -73,9 +77,13 @@ class LocalQueue:
     def max_message_bytes(self) -> int:
         return self._max_message_bytes
 
-    def _transaction(self, fn):  # type: ignore[no-untyped-def]
+    def _transaction(self, fn, durable: bool = False):  # type: ignore[no-untyped-def]
         with self._lock:
             try:
+                synchronous = "FULL" if durable else "NORMAL"
+                if synchronous != self._synchronous:
+                    self._db.execute(f"PRAGMA synchronous={synchronous}")
+                    self._synchronous = synchronous
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
                     result = fn(self._db)
@@ -108,7 +116,8 @@ class LocalQueue:
                 lambda db: db.executemany(
                     "INSERT INTO messages (message_id, body, md5_of_body, sent_at, visible_at) VALUES (?, ?, ?, ?, ?)",
                     rows,
-                )
+                ),
+                durable=True,
             )
         return result
 
@@ -201,7 +210,7 @@ class LocalQueue:
             db.execute("DELETE FROM dead_letters")
             return moved
 
-        return self._transaction(run)
+        return self._transaction(run, durable=True)
 
     def close(self) -> None:
         with self._lock:

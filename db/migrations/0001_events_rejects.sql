@@ -61,6 +61,25 @@ CREATE TABLE events (
     click_url TEXT,
     is_click_unique INTEGER,
     session_on_impression INTEGER,
+    -- Named in TUNE's raw logs and Network API, not yet seen in a Firehose payload.
+    session_ip TEXT,
+    refer TEXT,
+    pixel_refer TEXT,
+    device_brand TEXT,
+    device_model TEXT,
+    device_os TEXT,
+    device_os_version TEXT,
+    device_id TEXT,
+    android_id TEXT,
+    ios_ifa TEXT,
+    ios_ifv TEXT,
+    google_aid TEXT,
+    user_id TEXT,
+    promo_code TEXT,
+    order_id TEXT,
+    sku_id TEXT,
+    product_category TEXT,
+    is_adjustment INTEGER,
     raw_json TEXT NOT NULL,                  -- the whole event as received: nothing is ever lost
     message_id TEXT,                         -- queue message that first delivered it
     ingested_at INTEGER NOT NULL

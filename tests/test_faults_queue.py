@@ -1,0 +1,318 @@
+"""Issue 5, item 6: queue faults, injected at the HTTP level between boto3 and moto.
+
+A FaultProxy (tests/faultkit.py) sits between the producer/worker and moto. It answers with
+503s, 500s and throttling errors, cuts connections before or after forwarding a call, goes
+through a storm where every call fails, and stops listening for a while (connections refused).
+Before it forwards any delete, it checks that the events of the messages being deleted are
+already committed in the database. Separately, the moto server itself is stopped and started
+again mid-run.
+
+Checked: retries are bounded and back off (a storm does not turn into a request flood, one call
+makes at most max_attempts requests), no message is deleted before its events are committed,
+and nothing is lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto.server import ThreadedMotoServer
+
+from bench.generate import Generator
+from chalicelib.queues import QueueUnavailable
+from chalicelib.queues.sqs import SqsQueue, make_client
+from chalicelib.settings import load_settings
+from tests.faultkit import (
+    DROP,
+    INTERNAL,
+    LOST,
+    PASS,
+    THROTTLE,
+    UNAVAILABLE,
+    Expected,
+    FaultProxy,
+    WorkerProcess,
+    assert_exactly_once,
+    child_env,
+    free_port,
+    is_update,
+    make_sqs_queue,
+    pack,
+    read_only,
+    sqs_depth,
+    wait_for,
+)
+
+MAX_ATTEMPTS = 6  # make_client's retries={"max_attempts": 5} means 5 retries: 6 requests in all
+
+
+# Each operation first meets every kind of fault once, then random ones.
+SCRIPT = [UNAVAILABLE, PASS, THROTTLE, PASS, INTERNAL, PASS, DROP, PASS, LOST, PASS]
+
+
+class Faults:
+    """The proxy's fault plan: scripted then random faults, a storm of 503s, or nothing."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.mode = "random"
+        self.lock = threading.Lock()
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, target: str) -> str:
+        with self.lock:
+            if self.mode == "storm":
+                return UNAVAILABLE
+            if self.mode == "clear":
+                return PASS
+            n = self.calls[target] = self.calls.get(target, 0) + 1
+            if n <= len(SCRIPT):
+                return SCRIPT[n - 1]
+            roll = self.rng.random()
+        if roll < 0.12:
+            return UNAVAILABLE
+        if roll < 0.20:
+            return THROTTLE
+        if roll < 0.24:
+            return INTERNAL
+        if roll < 0.28:
+            return DROP
+        if roll < 0.32:
+            return LOST
+        return PASS
+
+
+class CommitCheck:
+    """Before a delete is forwarded: are the events of each message already in the database?"""
+
+    def __init__(self, db_path: Path, keys_of: dict[str, tuple[set[str], set[int]]]) -> None:
+        self.db_path, self.keys_of = db_path, keys_of
+        self.checked = 0
+        self.violations: list[str] = []
+
+    def __call__(self, receipts: list[str], bodies: list[str | None]) -> None:
+        for body in bodies:
+            if body is None or body not in self.keys_of:
+                self.violations.append("delete of a receipt the proxy never handed out")
+                continue
+            events, updates = self.keys_of[body]
+            have_events = have_updates = 0
+            if self.db_path.exists():
+                with contextlib.closing(read_only(self.db_path)) as db:
+                    if events:
+                        marks = ",".join("?" * len(events))
+                        have_events = db.execute(
+                            f"SELECT count(*) FROM events WHERE tune_event_id IN ({marks})", sorted(events)
+                        ).fetchone()[0]
+                    if updates:
+                        marks = ",".join("?" * len(updates))
+                        have_updates = db.execute(
+                            f"SELECT count(*) FROM adjustments WHERE adjustment_sequence_id IN ({marks})",
+                            sorted(updates),
+                        ).fetchone()[0]
+            self.checked += 1
+            if have_events != len(events) or have_updates != len(updates):
+                self.violations.append(
+                    f"message deleted with {len(events) - have_events} events and "
+                    f"{len(updates) - have_updates} updates not committed"
+                )
+
+
+def _keys(events: list[dict[str, Any]]) -> tuple[set[str], set[int]]:
+    return (
+        {str(e["tune_event_id"]) for e in events if not is_update(e)},
+        {int(e["adjustment_sequence_id"]) for e in events if is_update(e)},
+    )
+
+
+def _sqs_settings(url: str, endpoint: str) -> Any:
+    return load_settings(
+        {"QUEUE_URL": url, "AWS_ENDPOINT_URL_SQS": endpoint, "AWS_REGION": "us-east-1"}, dotenv_path=None
+    )
+
+
+def _send_until_accepted(queue: SqsQueue, bodies: list[str]) -> int:
+    """What a producer does on 503: resend what failed. Returns the number of send attempts."""
+    attempts = 0
+    for start in range(0, len(bodies), 10):
+        pending = bodies[start : start + 10]
+        while pending:
+            attempts += 1
+            assert attempts < 500, "the queue never accepted the messages"
+            result = queue.send_all(pending)
+            pending = [pending[i] for i, _ in result.failed]
+            if pending:
+                time.sleep(0.2)
+    return attempts
+
+
+@pytest.mark.slow
+def test_worker_under_http_faults_deletes_only_after_commit_and_loses_nothing(
+    tmp_path: Path, moto_server: str
+) -> None:
+    client = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    url, dlq_url = make_sqs_queue(client, f"faults-{time.time_ns()}", max_receive_count=10)
+    events = Generator(61).events(10_000)
+    expected = Expected.of(events)
+    packed = pack(events, 100)
+    db_path = tmp_path / "firehose.db"
+    faults = Faults(61)
+    proxy = FaultProxy(moto_server, faults)
+    check = CommitCheck(db_path, {body: _keys(evs) for body, evs in packed})
+    proxy.before_delete = check
+    try:
+        # The producer side: SqsQueue.send_all through the faults, resending what failed.
+        producer = SqsQueue(url, make_client(_sqs_settings(url, proxy.url)))
+        send_attempts = _send_until_accepted(producer, [body for body, _ in packed])
+        producer.close()
+
+        worker = WorkerProcess(
+            db_path, url, tmp_path, visibility_timeout=5, env=child_env(AWS_ENDPOINT_URL_SQS=proxy.url)
+        )
+        try:
+            wait_for(lambda: bool(check.checked) or not worker.alive(), 120, "the first delete")
+            # A storm: every call fails for 4 s.
+            with faults.lock:
+                faults.mode = "storm"
+            storm_start = time.monotonic()
+            time.sleep(4)
+            storm_end = time.monotonic()
+            with faults.lock:
+                faults.mode = "random"
+            storm_requests = proxy.count(storm_start, storm_end)
+            # Then nothing listens for 3 s: connections are refused.
+            proxy.refuse()
+            time.sleep(3)
+            proxy.accept()
+            rc = worker.wait(300)
+        finally:
+            worker.stop()
+        output = worker.output()
+    finally:
+        proxy.close()
+
+    assert rc == 0, output[-3000:]
+    assert not check.violations, check.violations[:5]
+    assert check.checked >= len(packed)
+    assert storm_requests <= 40, f"{storm_requests} requests in a 4 s storm: retries do not back off"
+    injected = {a: proxy.count(action=a) for a in (UNAVAILABLE, THROTTLE, INTERNAL, DROP, LOST)}
+    assert all(injected.values()), injected
+    for operation in ("SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch"):
+        assert faults.calls.get(operation, 0) >= len(SCRIPT), f"{operation} did not meet every kind of fault"
+    got = assert_exactly_once(db_path, expected)
+    assert sqs_depth(client, url) == (0, 0) and sqs_depth(client, dlq_url) == (0, 0)
+    print(
+        f"\n[queue-faults] requests={len(proxy.log)} injected={injected} storm_requests={storm_requests} "
+        f"send_attempts={send_attempts} deletes_checked={check.checked} events={expected.offered} "
+        f"redelivered_messages={sum(1 for c in got.envelopes.values() if (c or 1) > 1)} lost=0"
+    )
+
+
+def test_one_call_makes_a_bounded_number_of_attempts(moto_server: str) -> None:
+    """Every call fails: each SqsQueue verb gives up with QueueUnavailable after at most
+    max_attempts HTTP requests per batch call, instead of retrying for ever."""
+    client = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
+    url, _ = make_sqs_queue(client, f"bounded-{time.time_ns()}")
+    proxy = FaultProxy(moto_server, lambda target: UNAVAILABLE)
+    queue = SqsQueue(url, make_client(_sqs_settings(url, proxy.url)))
+    try:
+        with pytest.raises(QueueUnavailable):
+            queue.receive(10, 0, 30)
+        receives = proxy.count()
+        assert 1 < receives <= MAX_ATTEMPTS, f"receive made {receives} requests"
+        failed = queue.delete(["a-receipt"])
+        assert failed == ["a-receipt"]
+        deletes = proxy.count() - receives
+        assert 1 < deletes <= MAX_ATTEMPTS * 4, f"delete made {deletes} requests"  # 1 try + 3 entry retries
+    finally:
+        queue.close()
+        proxy.close()
+
+
+@pytest.mark.slow
+def test_moto_restarted_mid_run(tmp_path: Path) -> None:
+    """The SQS server goes away (connections refused) and comes back with its state; the worker
+    rides it out and lands everything once."""
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
+        url, dlq_url = make_sqs_queue(client, f"restart-{time.time_ns()}")
+        events = Generator(62).events(10_000)
+        expected = Expected.of(events)
+        queue = SqsQueue(url, client)
+        bodies = [body for body, _ in pack(events, 100)]
+        for start in range(0, len(bodies), 10):
+            assert queue.send_all(bodies[start : start + 10]).ok
+        db_path = tmp_path / "firehose.db"
+        worker = WorkerProcess(db_path, url, tmp_path, visibility_timeout=5, env=child_env(AWS_ENDPOINT_URL_SQS=endpoint))
+        try:
+            wait_for(lambda: db_path.exists() and _events(db_path) > 0 or not worker.alive(), 120, "progress")
+            server.stop()
+            assert server._server is not None
+            server._server.server_close()  # really stop listening: connections are refused
+            with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+                pass
+            time.sleep(4)
+            assert worker.alive(), worker.output()[-3000:]
+            server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+            server.start()
+            rc = worker.wait(300)
+        finally:
+            worker.stop()
+        assert rc == 0, worker.output()[-3000:]
+        assert_exactly_once(db_path, expected)
+        assert sqs_depth(client, url) == (0, 0) and sqs_depth(client, dlq_url) == (0, 0)
+    finally:
+        server.stop()
+
+
+def _events(db_path: Path) -> int:
+    try:
+        with contextlib.closing(read_only(db_path)) as db:
+            return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    except Exception:
+        return 0
+
+
+class _FlakyDepth:
+    """A local queue whose depth() fails a few times, as GetQueueAttributes does during an outage."""
+
+    def __init__(self, queue: Any, failures: int) -> None:
+        self.queue, self.failures = queue, failures
+        self.backend = queue.backend
+
+    def depth(self) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise QueueUnavailable("SQS get_queue_attributes failed: ServiceUnavailable")
+        return self.queue.depth()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.queue, name)
+
+
+def test_until_empty_survives_a_failing_depth_check(local_queue: Any, tmp_path: Path) -> None:
+    """--until-empty asks for the queue depth before it exits; an outage then must not crash it."""
+    from db.store import Store
+    from db.worker import Limits, Worker
+
+    events = Generator(63).events(500)
+    for body, _ in pack(events, 100):
+        assert local_queue.send_all([body]).ok
+    store = Store.open(tmp_path / "firehose.db")
+    worker = Worker(_FlakyDepth(local_queue, 3), store, Limits(wait_seconds=0.1), out=None)  # type: ignore[arg-type]
+    worker._sleep = lambda seconds: None  # type: ignore[method-assign]
+    assert worker.run(until_empty=True) == 0
+    store.close()
+    assert_exactly_once(tmp_path / "firehose.db", Expected.of(events))

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
 # SQLite's page cache for the writer (negative: KiB). The default 2 MiB makes every insert at a
 # random key of the events b-tree read its page back from the OS; bench/RESULTS.md has the effect.
-CACHE_KIB = 32_768
+CACHE_KIB = 65_536
 TABLES = ("events", "adjustments", "envelopes", "rejects")
 
 

@@ -61,8 +61,9 @@ class Observer(Protocol):
     def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None: ...
 
 
-class _Interrupted(Exception):
-    pass
+class _Interrupted(BaseException):
+    """Raised by the signal handler inside an idle long poll. A BaseException, because botocore
+    catches Exception around the HTTP call and retries it, which would wait out the whole poll."""
 
 
 class Heartbeat:

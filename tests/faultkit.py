@@ -36,8 +36,8 @@ PYTHON = sys.executable
 CHALICE = str(Path(sys.executable).parent / "chalice")
 
 # Secrets planted in the environment of the processes under test; no output may carry them.
-PLANTED_TOKEN = "tok-9f8e7d6c5b4a-PLANTED"  # noqa: S105 - a test value, not a secret
-PLANTED_AWS_SECRET = "aws-secret-0123456789abcdef-PLANTED"  # noqa: S105
+PLANTED_TOKEN = "tok-9f8e7d6c5b4a-PLANTED"
+PLANTED_AWS_SECRET = "aws-secret-0123456789abcdef-PLANTED"
 
 
 def free_port() -> int:
@@ -279,6 +279,12 @@ def writer_busy(db_path: Path | str) -> bool:
 # -- chalice local -----------------------------------------------------------------------------------
 
 
+def _stage() -> list[str]:
+    """`--stage local` when .chalice/config.json has a stage without AWS queue URLs baked in."""
+    config = json.loads((ROOT / ".chalice" / "config.json").read_text())
+    return ["--stage", "local"] if "local" in config.get("stages", {}) else []
+
+
 class ChaliceLocal:
     """`chalice local --no-autoreload` in its own process group, on a free port."""
 
@@ -286,9 +292,9 @@ class ChaliceLocal:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
-        self._log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(log_path, "ab")
         self.proc = subprocess.Popen(
-            [CHALICE, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(self.port)],
+            [CHALICE, "local", "--no-autoreload", "--host", "127.0.0.1", "--port", str(self.port), *_stage()],
             cwd=ROOT,
             env=child_env(**env),
             stdout=self._log,
@@ -303,7 +309,7 @@ class ChaliceLocal:
             if self.proc.poll() is not None:
                 raise AssertionError(f"chalice local exited with {self.proc.returncode}: {self.output()[-2000:]}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:  # noqa: S310 - our own server
+                with urllib.request.urlopen(f"{self.url}/health", timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException):

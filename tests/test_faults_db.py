@@ -162,6 +162,7 @@ def _read_only_db(directory: Path) -> Any:
         with tmpfs(directory, "256m"):
             yield lambda ro: remount(directory, "ro" if ro else "rw")
         return
+
     # Fallback without root: file permissions (root would ignore them).
     def flip(ro: bool) -> None:
         for path in [directory, *directory.iterdir()]:

@@ -15,7 +15,9 @@ and nothing is lost.
 from __future__ import annotations
 
 import contextlib
+import os
 import random
+import signal
 import socket
 import threading
 import time
@@ -155,9 +157,7 @@ def _send_until_accepted(queue: SqsQueue, bodies: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_worker_under_http_faults_deletes_only_after_commit_and_loses_nothing(
-    tmp_path: Path, moto_server: str
-) -> None:
+def test_worker_under_http_faults_deletes_only_after_commit_and_loses_nothing(tmp_path: Path, moto_server: str) -> None:
     client = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
     url, dlq_url = make_sqs_queue(client, f"faults-{time.time_ns()}", max_receive_count=10)
     events = Generator(61).events(10_000)
@@ -255,9 +255,11 @@ def test_moto_restarted_mid_run(tmp_path: Path) -> None:
         for start in range(0, len(bodies), 10):
             assert queue.send_all(bodies[start : start + 10]).ok
         db_path = tmp_path / "firehose.db"
-        worker = WorkerProcess(db_path, url, tmp_path, visibility_timeout=5, env=child_env(AWS_ENDPOINT_URL_SQS=endpoint))
+        worker = WorkerProcess(
+            db_path, url, tmp_path, visibility_timeout=5, env=child_env(AWS_ENDPOINT_URL_SQS=endpoint)
+        )
         try:
-            wait_for(lambda: db_path.exists() and _events(db_path) > 0 or not worker.alive(), 120, "progress")
+            wait_for(lambda: (db_path.exists() and _events(db_path) > 0) or not worker.alive(), 120, "progress")
             server.stop()
             assert server._server is not None
             server._server.server_close()  # really stop listening: connections are refused
@@ -316,3 +318,42 @@ def test_until_empty_survives_a_failing_depth_check(local_queue: Any, tmp_path: 
     assert worker.run(until_empty=True) == 0
     store.close()
     assert_exactly_once(tmp_path / "firehose.db", Expected.of(events))
+
+
+class _DownQueue:
+    """A queue that is unreachable: every call raises QueueUnavailable, and each is counted."""
+
+    backend = "sqs"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def receive(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        raise QueueUnavailable("SQS receive_message failed: ServiceUnavailable (retries exhausted)")
+
+    depth = delete = change_visibility = receive
+
+    def close(self) -> None:
+        pass
+
+
+def test_worker_backs_off_while_the_queue_is_down(tmp_path: Path) -> None:
+    """When even botocore's retries give up, the worker's own loop waits longer and longer
+    between attempts (1 s, 2 s, 4 s...) instead of spinning: over about 4 s, a handful of calls."""
+    from db.store import Store
+    from db.worker import Limits, Worker
+
+    queue = _DownQueue()
+    store = Store.open(tmp_path / "firehose.db")
+    worker = Worker(queue, store, Limits(wait_seconds=0.1), out=None)  # type: ignore[arg-type]
+    previous = signal.signal(signal.SIGUSR1, worker.request_stop)  # as SIGTERM would, in the main thread
+    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGUSR1))
+    timer.start()
+    try:
+        assert worker.run() == 0
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGUSR1, previous)
+        store.close()
+    assert 2 <= queue.calls <= 6, f"{queue.calls} calls to a queue that was down for 4 s"

@@ -134,7 +134,7 @@ def test_token_compare_is_constant_time(guarded: tuple[Client, LocalQueue], monk
         return real(a, b)
 
     monkeypatch.setattr(ingest.hmac, "compare_digest", spy)
-    client, queue = guarded
+    client, _ = guarded
     assert post(client, json.dumps(EVENTS), Authorization="Bearer nope").status_code == 401
     assert post(client, json.dumps(EVENTS), Authorization=f"Bearer {TOKEN}").status_code == 202
     assert len(calls) == 2, "the token was not compared with hmac.compare_digest"
@@ -149,7 +149,7 @@ def test_token_is_never_compared_with_equality() -> None:
     """Read the code: check_token has no ==, !=, `in` or startswith on the token."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(ingest.check_token)))
     compares = [ast.unparse(n) for n in ast.walk(tree) if isinstance(n, ast.Compare)]
-    suspicious = [c for c in compares if "token" in c and "None" not in c or "given" in c]
+    suspicious = [c for c in compares if ("token" in c and "None" not in c) or "given" in c]
     assert not suspicious, f"token compared without compare_digest: {suspicious}"
     calls = [ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)]
     assert "hmac.compare_digest" in calls
@@ -291,8 +291,11 @@ EVENT = st.fixed_dictionaries(
 DOCUMENT = st.one_of(
     JSON_VALUE,
     st.lists(EVENT, max_size=5),
-    st.builds(lambda events, extra: {"events": events, **extra}, st.lists(EVENT, max_size=5),
-              st.dictionaries(st.text(max_size=8), JSON_LEAF, max_size=3)),
+    st.builds(
+        lambda events, extra: {"events": events, **extra},
+        st.lists(EVENT, max_size=5),
+        st.dictionaries(st.text(max_size=8), JSON_LEAF, max_size=3),
+    ),
 )
 
 
@@ -302,8 +305,18 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     if kind == "json":
         raw = json.dumps(draw(DOCUMENT)).encode()
     elif kind == "json-text":  # hand-made JSON-ish text: duplicate keys, bad escapes, truncation
-        raw = draw(st.sampled_from(['{"action":"click","action":"x"}', '[{"action":"click"', '{"events":[{"a":"\\ud800"}]}',
-                                    '[{"action":"click","n":1e999}]', '{"events":"nope"}', "[]"])).encode()
+        raw = draw(
+            st.sampled_from(
+                [
+                    '{"action":"click","action":"x"}',
+                    '[{"action":"click"',
+                    '{"events":[{"a":"\\ud800"}]}',
+                    '[{"action":"click","n":1e999}]',
+                    '{"events":"nope"}',
+                    "[]",
+                ]
+            )
+        ).encode()
     elif kind == "binary":
         raw = draw(st.binary(max_size=400))
     elif kind == "text":
@@ -320,9 +333,19 @@ def bodies(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     elif layer == "base64":
         raw = base64.b64encode(raw)
     headers: dict[str, str] = {}
-    ctype = draw(st.one_of(st.sampled_from(sorted(ingest.ACCEPTED_TYPES) + ["application/xml", "multipart/form-data",
-                                                                               "application/json; charset=latin-1"]),
-                           HEADER_TEXT))
+    ctype = draw(
+        st.one_of(
+            st.sampled_from(
+                [
+                    *sorted(ingest.ACCEPTED_TYPES),
+                    "application/xml",
+                    "multipart/form-data",
+                    "application/json; charset=latin-1",
+                ]
+            ),
+            HEADER_TEXT,
+        )
+    )
     if ctype:
         headers["Content-Type"] = ctype
     encoding = draw(st.one_of(st.sampled_from(["", "gzip", "x-gzip", "identity", "br", "deflate"]), HEADER_TEXT))

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -16,15 +17,16 @@ from pathlib import Path
 
 from chalicelib.queues.local import LocalQueue
 from db.rows import Batch
-from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
+from db.schema import migrations, statements
+from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store, connect
 
 from .data import queue_bodies
 
 NOW = 1_790_000_000
 
 
-def ceiling(queue_path: Path, db_path: Path, messages_per_batch: int) -> dict[str, float]:
-    """Build the rows untimed, then time only BEGIN, executemany and COMMIT per batch."""
+def prebuilt(queue_path: Path, messages_per_batch: int) -> list[Batch]:
+    """The worker's rows for these messages, in the worker's batches (built untimed)."""
     bodies = queue_bodies(queue_path)
     batches = []
     for start in range(0, len(bodies), messages_per_batch):
@@ -32,8 +34,27 @@ def ceiling(queue_path: Path, db_path: Path, messages_per_batch: int) -> dict[st
         for message_id, body in bodies[start : start + messages_per_batch]:
             batch.add_message(message_id, body, 1, None, NOW)
         batches.append(batch)
-    store = Store.open(db_path)
-    db = store.db
+    return batches
+
+
+def rowid_events_db(path: Path) -> sqlite3.Connection:
+    """The same schema and PRAGMAs, except `events` as a rowid table with a UNIQUE key (an
+    experiment for the schema's owner: rows append at the end instead of at a random key)."""
+    db = connect(path)
+    for _version, migration in migrations():
+        for statement in statements(migration.read_text()):
+            if "CREATE TABLE events" in statement:
+                statement = statement.replace(") WITHOUT ROWID", ")").replace(
+                    "tune_event_id TEXT PRIMARY KEY", "tune_event_id TEXT NOT NULL UNIQUE"
+                )
+                assert "UNIQUE" in statement and "WITHOUT ROWID" not in statement
+            db.execute(statement)
+    return db
+
+
+def ceiling(batches: list[Batch], db_path: Path, rowid_events: bool = False) -> dict[str, float]:
+    """Time only BEGIN, executemany and COMMIT per batch, into a fresh database."""
+    db = rowid_events_db(db_path) if rowid_events else Store.open(db_path).db
     events = sum(len(b.events) + len(b.adjustments) + len(b.rejects) for b in batches)
     started = time.perf_counter()
     for batch in batches:
@@ -44,7 +65,7 @@ def ceiling(queue_path: Path, db_path: Path, messages_per_batch: int) -> dict[st
         db.executemany(INSERT_REJECTS, batch.rejects)
         db.execute("COMMIT")
     seconds = time.perf_counter() - started
-    store.close()
+    db.close()
     return {"seconds": seconds, "events": events}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -34,6 +35,10 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # A stop asked for while starting up is remembered, so it still ends in a clean exit 0.
+    early_stops: list[int] = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda number, _frame: early_stops.append(number))
     settings = _settings(args)
     netfs.check_local(settings.db_path, args.allow_network_fs)
     observers: list[Observer] = []
@@ -66,6 +71,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     quiet = args.quiet or args.log_format == "json"
     worker = Worker(queue, store, limits, out=None if quiet else sys.stderr, observers=observers)
     worker.install_signal_handlers()
+    worker.stopping = bool(early_stops)
     logging.getLogger("tune_firehose").info(
         "worker started: queue=%r db=%s",
         queue,

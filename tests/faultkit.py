@@ -10,6 +10,7 @@ code under test (a key is the event's `tune_event_id`; an update is an event who
 from __future__ import annotations
 
 import contextlib
+import functools
 import http.client
 import json
 import os
@@ -18,6 +19,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -477,8 +479,17 @@ class FaultProxy:
 # -- a small file system that can fill up or turn read-only -------------------------------------------
 
 
+@functools.cache
 def can_mount() -> bool:
-    return hasattr(os, "geteuid") and os.geteuid() == 0 and sys.platform.startswith("linux")
+    """Root on Linux, and allowed to mount (a container may not be): tried once, on a 1 MiB tmpfs."""
+    if not (sys.platform.startswith("linux") and hasattr(os, "geteuid") and os.geteuid() == 0):
+        return False
+    with tempfile.TemporaryDirectory() as probe:
+        mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", probe], capture_output=True)
+        if mounted.returncode != 0:
+            return False
+        subprocess.run(["umount", probe], check=False)
+    return True
 
 
 @contextlib.contextmanager

@@ -87,12 +87,6 @@ def to_micros(value: Any, name: str) -> int | None:
         raise FieldError(f"{name} must be a number, got {value!r}")
     if type(value) is int and -1_000_000_000 <= value <= 1_000_000_000:
         return value * 1_000_000
-    if type(value) is float and -1e9 <= value <= 1e9:
-        # The fast path for the usual case, with the same result as the Decimal route below:
-        # repr() is what str() gives, and at most 6 decimals scale to micro-units by shifting digits.
-        whole, dot, decimals = repr(value).partition(".")
-        if dot and len(decimals) <= 6 and "e" not in decimals:
-            return int(whole + decimals.ljust(6, "0"))
     try:
         # str() first: Decimal(0.1) would carry the float's binary error into the sum.
         amount = Decimal(value.strip() if isinstance(value, str) else str(value))

@@ -2,6 +2,9 @@
 -- Money is stored as integer micro-units (1/1,000,000 of the currency unit): exact to the
 -- cent and below (CPM/CPC payouts have fractions of a cent), and sums never drift.
 
+-- `events` is an ordinary rowid table: rows append in arrival order and only the narrow primary-key
+-- index takes random inserts (bench/RESULTS.md measured WITHOUT ROWID, keyed by a random id, at less
+-- than half the speed once the table outgrows the page cache).
 CREATE TABLE events (
     tune_event_id TEXT PRIMARY KEY,          -- tune_event_id, else event_id, else 'sha256:' + hash of the event
     key_source TEXT NOT NULL,                -- which of the three gave the key
@@ -83,7 +86,7 @@ CREATE TABLE events (
     raw_json TEXT NOT NULL,                  -- the whole event as received: nothing is ever lost
     message_id TEXT,                         -- queue message that first delivered it
     ingested_at INTEGER NOT NULL
-) WITHOUT ROWID;
+);
 
 CREATE TABLE rejects (
     reject_key TEXT PRIMARY KEY,             -- hash of the raw input: a redelivery adds no second row

@@ -40,7 +40,7 @@ class Stack:
             headers={"Content-Type": "application/json", **(headers or {})},
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as resp:  # noqa: S310 - our own local endpoint
+            with urllib.request.urlopen(request, timeout=30) as resp:
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"{}")
@@ -57,7 +57,7 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 30) 
         if proc.poll() is not None:
             raise RuntimeError(f"chalice local exited with {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:  # noqa: S310
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):

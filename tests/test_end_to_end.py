@@ -37,9 +37,9 @@ def test_post_sample_data_over_http_lands_in_sqlite(tmp_path: Path) -> None:
     env = {"QUEUE_URL": f"local:{tmp_path / 'queue.db'}", "DB_PATH": str(db), "FIREHOSE_TOKEN": "e2e-token"}
     sample = (ROOT / "sample-data.json").read_bytes()
     events = json.loads(sample)["events"]
-    unique_events = {
-        e["tune_event_id"] for e in events if str(e.get("adjust_action", "")).lower() not in ("2", "update")
-    }
+    is_update = [str(e.get("adjust_action", "")).strip().lower() in ("2", "update") for e in events]
+    unique_events = {e["tune_event_id"] for e, update in zip(events, is_update, strict=True) if not update}
+    unique_updates = {e["adjustment_sequence_id"] for e, update in zip(events, is_update, strict=True) if update}
     auth = {"Authorization": "Bearer e2e-token"}
     with local_stack(env, tmp_path / "logs") as stack:
         assert stack.post(sample, {})[0] == 401
@@ -51,7 +51,7 @@ def test_post_sample_data_over_http_lands_in_sqlite(tmp_path: Path) -> None:
         wait_for(lambda: count(db, "SELECT count(*) FROM envelopes") == 2)
         assert stack.stop_worker() == 0
     assert count(db, "SELECT count(*) FROM events") == len(unique_events)
-    assert count(db, "SELECT count(*) FROM adjustments") == 3
+    assert count(db, "SELECT count(*) FROM adjustments") == len(unique_updates) == 4
     assert count(db, "SELECT count(*) FROM rejects") == 0
     log = (tmp_path / "logs" / "chalice-local.log").read_text()
     assert "e2e-token" not in log

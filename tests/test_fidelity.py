@@ -290,8 +290,10 @@ def test_indexes_for_analyst_filters(local_queue: LocalQueue, db: Path) -> None:
 
 def test_lone_surrogate_is_a_reject_not_a_crash(local_queue: LocalQueue, db: Path) -> None:
     # Valid JSON, invalid Unicode: SQLite cannot store it as text, so it is kept (escaped) in rejects.
-    body = '{"events": [{"action": "click", "tune_event_id": "s1", "aff_sub": "\\ud800"}, ' \
-           '{"action": "click", "tune_event_id": "s2"}]}'
+    body = (
+        '{"events": [{"action": "click", "tune_event_id": "s1", "aff_sub": "\\ud800"}, '
+        '{"action": "click", "tune_event_id": "s2"}]}'
+    )
     assert local_queue.send_all([body]).ok
     drain(local_queue, db)
     assert rows(db, "SELECT tune_event_id FROM events") == [("s2",)]

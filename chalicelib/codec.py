@@ -200,24 +200,26 @@ def _same_with_orjson(value: Any) -> bool:
     return True
 
 
-def dump_event_text(event: Any) -> str:
-    """The event as compact JSON text, exactly as `json.dumps(event, separators=(",", ":"),
-    ensure_ascii=False)` writes it (raising what it raises), only faster."""
-    if _orjson is not None and type(event) is dict and _same_with_orjson(event):
-        try:
-            return _orjson.dumps(event).decode("utf-8")
-        except TypeError:  # JSONEncodeError: a big integer, a lone surrogate, a non-string key...
-            pass
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-
-
-def dump_event(event: Any) -> bytes:
+def _fast_dump(event: Any) -> bytes | None:
+    """orjson's output when it equals the standard library's, else None."""
     if _orjson is not None and type(event) is dict and _same_with_orjson(event):
         try:
             return _orjson.dumps(event)
-        except TypeError:
-            pass
-    return json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        except TypeError:  # JSONEncodeError: a big integer, a lone surrogate, a non-string key...
+            return None
+    return None
+
+
+def dump_event_text(event: Any) -> str:
+    """The event as compact JSON text, exactly as `json.dumps(event, separators=(",", ":"),
+    ensure_ascii=False)` writes it (raising what it raises), only faster."""
+    fast = _fast_dump(event)
+    return fast.decode("utf-8") if fast is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def dump_event(event: Any) -> bytes:
+    fast = _fast_dump(event)
+    return fast if fast is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 @dataclass(frozen=True)

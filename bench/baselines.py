@@ -1,7 +1,8 @@
 """The baselines every worker figure is divided by, measured in the same run on the same data.
 
-- ceiling: the worker's own rows, already built as tuples, `executemany` into the same schema
-  (same store, same PRAGMAs), one transaction per batch of the worker's batch size.
+- ceiling: the worker's own rows, already built as tuples (in the form the store binds them),
+  `executemany` into the same schema (same store, same PRAGMAs), one transaction per batch of the
+  worker's batch size. Also measured without the secondary indexes of `events`, to show their cost.
 - naive: one event per message, one message per receive, one INSERT + COMMIT per event, one
   delete per message, against the same local queue.
 - sqlite-utils: `sqlite-utils insert DB events FILE --pk tune_event_id --ignore --alter`.
@@ -14,11 +15,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from chalicelib.queues.local import LocalQueue
 from db.rows import Batch
-from db.schema import migrations, statements
-from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store, connect
+from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store, bindable
 
 from .data import queue_bodies
 
@@ -37,36 +38,43 @@ def prebuilt(queue_path: Path, messages_per_batch: int) -> list[Batch]:
     return batches
 
 
-def rowid_events_db(path: Path) -> sqlite3.Connection:
-    """The same schema and PRAGMAs, except `events` as a rowid table with a UNIQUE key (an
-    experiment for the schema's owner: rows append at the end instead of at a random key)."""
-    db = connect(path)
-    for _version, migration in migrations():
-        for statement in statements(migration.read_text()):
-            if "CREATE TABLE events" in statement:
-                statement = statement.replace(") WITHOUT ROWID", ")").replace(
-                    "tune_event_id TEXT PRIMARY KEY", "tune_event_id TEXT NOT NULL UNIQUE"
-                )
-                assert "UNIQUE" in statement and "WITHOUT ROWID" not in statement
-            db.execute(statement)
-    return db
+def secondary_indexes(db: sqlite3.Connection, table: str = "events") -> list[str]:
+    """The indexes the migrations create on `table` (not the primary key's own)."""
+    rows = db.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = ? AND sql IS NOT NULL ORDER BY name",
+        (table,),
+    ).fetchall()
+    return [name for (name,) in rows]
 
 
-def ceiling(batches: list[Batch], db_path: Path, rowid_events: bool = False) -> dict[str, float]:
-    """Time only BEGIN, executemany and COMMIT per batch, into a fresh database."""
-    db = rowid_events_db(db_path) if rowid_events else Store.open(db_path).db
+def ceiling(batches: list[Batch], db_path: Path, without_indexes: bool = False) -> dict[str, Any]:
+    """Time only BEGIN, executemany and COMMIT per batch, into a fresh database.
+
+    The rows are handed over exactly as the store binds them (`store.bindable`, applied untimed).
+    `without_indexes` drops the secondary indexes of `events` first: what the analysts' indexes cost.
+    """
+    store = Store.open(db_path)
+    db = store.db
+    dropped = secondary_indexes(db) if without_indexes else []
+    for name in dropped:
+        db.execute(f"DROP INDEX {name}")  # names read from sqlite_master just above
+    bound = [[list(bindable(rows)) for rows in (b.events, b.adjustments, b.envelopes, b.rejects)] for b in batches]
     events = sum(len(b.events) + len(b.adjustments) + len(b.rejects) for b in batches)
     started = time.perf_counter()
-    for batch in batches:
+    for rows, adjustments, envelopes, rejects in bound:
         db.execute("BEGIN IMMEDIATE")
-        db.executemany(INSERT_EVENTS, batch.events)
-        db.executemany(INSERT_ADJUSTMENTS, batch.adjustments)
-        db.executemany(INSERT_ENVELOPES, batch.envelopes)
-        db.executemany(INSERT_REJECTS, batch.rejects)
+        db.executemany(INSERT_EVENTS, rows)
+        db.executemany(INSERT_ADJUSTMENTS, adjustments)
+        db.executemany(INSERT_ENVELOPES, envelopes)
+        db.executemany(INSERT_REJECTS, rejects)
         db.execute("COMMIT")
     seconds = time.perf_counter() - started
-    db.close()
-    return {"seconds": seconds, "events": events}
+    store.close()
+    return {"seconds": seconds, "events": events, "dropped_indexes": dropped, "db_bytes": file_bytes(db_path)}
+
+
+def file_bytes(path: Path) -> int:
+    return sum(Path(f"{path}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists())
 
 
 def naive(queue_path: Path, db_path: Path) -> dict[str, float]:
@@ -104,10 +112,10 @@ def naive(queue_path: Path, db_path: Path) -> dict[str, float]:
 SQLITE_UTILS_ARGS = ["insert", "DB", "events", "FILE", "--pk", "tune_event_id", "--ignore", "--alter"]
 
 
-def sqlite_utils(json_path: Path, db_path: Path, events: int) -> dict[str, float]:
+def sqlite_utils(json_path: Path, db_path: Path, events: int) -> dict[str, Any]:
     """The CLI an analyst would run, timed as a whole process (start-up included, ~0.3 s)."""
     exe = Path(sys.executable).parent / "sqlite-utils"
     args = [str(db_path) if a == "DB" else str(json_path) if a == "FILE" else a for a in SQLITE_UTILS_ARGS]
     started = time.perf_counter()
     subprocess.run([str(exe), *args], check=True, capture_output=True)
-    return {"seconds": time.perf_counter() - started, "events": events}
+    return {"seconds": time.perf_counter() - started, "events": events, "db_bytes": file_bytes(db_path)}

@@ -79,14 +79,32 @@ def strict_int(value: Any, name: str) -> int | None:
     return number
 
 
+# Converted float amounts: payouts repeat (a few prices per offer), and Decimal arithmetic costs
+# more than the rest of an event's row. Only successes are kept; the result depends on the value alone.
+_FLOAT_MICROS: dict[float, int] = {}
+_FLOAT_MICROS_MAX = 65_536
+
+
 def to_micros(value: Any, name: str) -> int | None:
     """Money as integer micro-units, exactly: 1.23 -> 1230000. Errors on non-numbers."""
+    if type(value) is float:
+        micros = _FLOAT_MICROS.get(value)
+        if micros is None:
+            micros = _decimal_micros(value, name)
+            if len(_FLOAT_MICROS) >= _FLOAT_MICROS_MAX:
+                _FLOAT_MICROS.clear()
+            _FLOAT_MICROS[value] = micros
+        return micros
     if value is None or value == "":
         return None
     if isinstance(value, bool):
         raise FieldError(f"{name} must be a number, got {value!r}")
     if type(value) is int and -1_000_000_000 <= value <= 1_000_000_000:
         return value * 1_000_000
+    return _decimal_micros(value, name)
+
+
+def _decimal_micros(value: Any, name: str) -> int:
     try:
         # str() first: Decimal(0.1) would carry the float's binary error into the sum.
         amount = Decimal(value.strip() if isinstance(value, str) else str(value))

@@ -15,7 +15,7 @@ from typing import Any
 
 from chalicelib.codec import CodecError, decode_body, dump_event_text, event_problem
 
-from .coerce import FieldError, iso_utc, strict_int, to_bool, to_epoch, to_int, to_micros, to_text
+from .coerce import INT64_MAX, INT64_MIN, FieldError, iso_utc, strict_int, to_bool, to_epoch, to_int, to_micros, to_text
 
 MAX_EVENT_BYTES = 1024 * 1024
 MAX_REJECT_RAW_CHARS = 1024 * 1024
@@ -119,12 +119,29 @@ def _money(event: dict[str, Any]) -> list[int | None]:
     return [to_micros(event.get(m), m) for m in MONEY_FIELDS]
 
 
+_INT, _TEXT, _BOOL, _TIME = "int", "text", "bool", "time"
+# Field name -> (its column in an events row, how to coerce it); iterating the few fields an
+# event has costs less than looking up every one of the ~90 columns in each event.
+_FIELD_SLOTS: dict[str, tuple[int, str]] = {
+    name: (EVENT_COLUMNS.index(name), kind)
+    for kind, names in ((_INT, INT_FIELDS), (_TEXT, TEXT_FIELDS), (_BOOL, BOOL_FIELDS), (_TIME, TIME_FIELDS))
+    for name in names
+}
+_HEAD_COLUMNS = 8  # tune_event_id .. num, filled first
+_MONEY_AT = EVENT_COLUMNS.index("payout_micros")
+_EMPTY_EVENT_ROW: list[Any] = [None] * len(EVENT_COLUMNS)
+assert EVENT_COLUMNS[_MONEY_AT : _MONEY_AT + len(MONEY_FIELDS)] == [f"{m}_micros" for m in MONEY_FIELDS]
+assert EVENT_COLUMNS[_HEAD_COLUMNS - 1] == "num" and EVENT_COLUMNS[-3:] == ["raw_json", "message_id", "ingested_at"]
+
+
 def event_row(event: dict[str, Any], kind: str, raw: str, message_id: str | None, now: int) -> tuple[Any, ...]:
     key, source = event_key(event)
     when = to_epoch(event.get("datetime"))
     get = event.get
     created = kind == CREATE or bool(to_bool(get("created_from_adjustment")))
-    return (
+    row = _EMPTY_EVENT_ROW.copy()
+    # Coerced in the column order, so that the first field in error is the one a reject names.
+    row[:_HEAD_COLUMNS] = (
         key,
         source,
         event["action"].strip().lower(),
@@ -133,16 +150,25 @@ def event_row(event: dict[str, Any], kind: str, raw: str, message_id: str | None
         iso_utc(when),
         to_text(get("datetime")),
         strict_int(get("num"), "num"),
-        # Most fields are absent or already of the column's type: skip the call for those.
-        *[None if v is None else to_int(v) for v in map(get, INT_FIELDS)],
-        *[v if v is None or type(v) is str else to_text(v) for v in map(get, TEXT_FIELDS)],
-        *[to_bool(get(f)) for f in BOOL_FIELDS],
-        *[to_epoch(get(f)) for f in TIME_FIELDS],
-        *_money(event),
-        raw,
-        message_id,
-        now,
     )
+    slots = _FIELD_SLOTS
+    for name, value in event.items():
+        slot = slots.get(name)
+        if slot is None or value is None:  # not a typed column, or null: the column stays NULL
+            continue
+        index, coerce = slot
+        # Most values already have the column's type: skip the call for those.
+        if coerce is _TEXT:
+            row[index] = value if type(value) is str else to_text(value)
+        elif coerce is _INT:
+            row[index] = value if type(value) is int and INT64_MIN <= value <= INT64_MAX else to_int(value)
+        elif coerce is _BOOL:
+            row[index] = to_bool(value)
+        else:
+            row[index] = to_epoch(value)
+    row[_MONEY_AT : _MONEY_AT + len(MONEY_FIELDS)] = _money(event)
+    row[-3:] = (raw, message_id, now)
+    return tuple(row)
 
 
 def adjustment_row(event: dict[str, Any], raw: str, message_id: str | None, now: int) -> tuple[Any, ...]:
@@ -204,16 +230,22 @@ class Batch:
     def size(self) -> int:
         return len(self.events) + len(self.adjustments) + len(self.rejects)
 
-    def add_events(self, events: list[Any], message_id: str | None, now: int | None = None) -> None:
+    def add_events(
+        self, events: list[Any], message_id: str | None, now: int | None = None, raws: list[str] | None = None
+    ) -> None:
+        """`raws`, when given, is each event's `dump_event_text` already (see `Decoded.raw`)."""
         now = int(time.time()) if now is None else now
         for index, event in enumerate(events):
-            try:
-                raw = dump_event_text(event)
-            except (ValueError, RecursionError):
-                self.rejects.append(
-                    reject_row(message_id, index, "event cannot be serialised", repr(event)[:1000], now)
-                )
-                continue
+            if raws is not None:
+                raw = raws[index]
+            else:
+                try:
+                    raw = dump_event_text(event)
+                except (ValueError, RecursionError):
+                    self.rejects.append(
+                        reject_row(message_id, index, "event cannot be serialised", repr(event)[:1000], now)
+                    )
+                    continue
             problem = event_problem(event)
             if problem is None and len(raw) > MAX_EVENT_BYTES:
                 problem = f"is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte per-event limit"
@@ -251,5 +283,5 @@ class Batch:
             return 0
         control = json.dumps(decoded.control, separators=(",", ":"), ensure_ascii=True) if decoded.control else None
         self.envelopes.append((message_id, now, receive_count, control, len(decoded.events)))
-        self.add_events(decoded.events, message_id, now)
+        self.add_events(decoded.events, message_id, now, decoded.raw)
         return len(decoded.events)

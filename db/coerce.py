@@ -33,7 +33,8 @@ def to_int(value: Any) -> int | None:
         return int(value) if value.is_integer() and INT64_MIN <= value <= INT64_MAX else None
     if isinstance(value, str):
         text = value.strip()
-        if text.lstrip("-").isdigit() and len(text) <= 20:
+        # isascii: "²".isdigit() is true, but int() refuses it.
+        if text.isascii() and text.lstrip("-").isdigit() and len(text) <= 20:
             number = int(text)
             return number if INT64_MIN <= number <= INT64_MAX else None
     return None

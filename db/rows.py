@@ -263,6 +263,9 @@ class Batch:
                     continue
                 except FieldError as exc:
                     problem = str(exc)
+                except (ValueError, TypeError, ArithmeticError) as exc:
+                    # A coercion we did not foresee: reject this event, never the whole batch.
+                    problem = f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})"
             self.rejects.append(reject_row(message_id, index, f"event {index}: {problem}", raw, now))
 
     def add_message(

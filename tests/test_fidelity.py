@@ -230,14 +230,15 @@ def test_type_variants_never_crash(local_queue: LocalQueue, db: Path) -> None:
         "num": "1",
         "status_code": [1],
         "country_code": 44,
+        "goal_id": "²",  # str.isdigit() says yes, int() says no
     }
     deliver(local_queue, [odd])
     drain(local_queue, db)
     assert rows(
         db,
         "SELECT offer_id, affiliate_id, event_time, datetime_raw, is_click_unique, num, status_code, "
-        "country_code FROM events",
-    ) == [(None, 3, None, "yesterday", None, 1, None, "44")]
+        "country_code, goal_id FROM events",
+    ) == [(None, 3, None, "yesterday", None, 1, None, "44", None)]
 
 
 def test_money_sums_without_float_drift(local_queue: LocalQueue, db: Path) -> None:

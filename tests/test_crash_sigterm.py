@@ -60,7 +60,7 @@ def _wait_for_moment(worker: WorkerProcess, moment: str, db_path: Path, rng: ran
 
 @pytest.mark.slow
 def test_sigterm_under_load_commits_and_deletes_the_batch_in_hand(tmp_path: Path) -> None:
-    events = Generator(81).events(40_000)
+    events = Generator(81).events(100_000)
     expected = Expected.of(events)
     queue_path, db_path = tmp_path / "queue.db", tmp_path / "firehose.db"
     queue = LocalQueue(queue_path)

@@ -6,16 +6,11 @@ process   decode each message into rows; an undecodable one becomes a reject
 commit    one SQLite transaction for the whole batch, while a heartbeat keeps the
           messages invisible to other workers
 ack       delete the messages, only after COMMIT
-
-`run` overlaps the stages: a writer thread commits and acks one batch while the main thread
-receives and decodes the next. SQLite releases the GIL while it works, so on two cores the
-decoding is mostly hidden behind the write. Each batch still commits before its own delete.
 """
 
 from __future__ import annotations
 
 import logging
-import queue as queue_module
 import signal
 import sys
 import threading
@@ -89,63 +84,13 @@ class Heartbeat:
             except QueueUnavailable as exc:
                 log.warning("heartbeat: %s", exc)
 
-    def start(self) -> Heartbeat:
+    def __enter__(self) -> Heartbeat:
         self._thread.start()
         return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def __enter__(self) -> Heartbeat:
-        return self.start()
-
     def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-class _Writer:
-    """The thread that commits and acks batches, in order, while the main thread decodes the next.
-
-    Its hand-off holds one batch, so at most three are in hand: one being written, one waiting,
-    one being decoded. After a database fault it writes and deletes nothing more.
-    """
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.fault: DatabaseFault | None = None
-        self.error: BaseException | None = None
-        self._inbox: queue_module.Queue[tuple[list[Message], Batch, Heartbeat] | None] = queue_module.Queue(1)
-        self._thread = threading.Thread(target=self._run, name="batch-writer", daemon=True)
-        self._thread.start()
-
-    def submit(self, messages: list[Message], batch: Batch, heartbeat: Heartbeat) -> None:
-        self._inbox.put((messages, batch, heartbeat))
-
-    def wait_idle(self) -> None:
-        self._inbox.join()
-
-    def close(self) -> None:
-        self._inbox.put(None)
+        self._stop.set()
         self._thread.join()
-
-    def _run(self) -> None:
-        while (item := self._inbox.get()) is not None:
-            messages, batch, heartbeat = item
-            try:
-                if self.fault is None and self.error is None:
-                    self.worker._commit(messages, batch, heartbeat)
-            except DatabaseFault as exc:
-                self.fault = exc
-                self.worker.stopping = True
-            except BaseException as exc:  # a bug: surface it in the main thread
-                self.error = exc
-                self.worker.stopping = True
-            finally:
-                heartbeat.stop()
-                self._inbox.task_done()
-        self._inbox.task_done()
 
 
 class Worker:
@@ -175,8 +120,7 @@ class Worker:
     def request_stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
         """Stop after the batch in hand; if idle in a long poll, stop now."""
         self.stopping = True
-        # Only the idle thread itself (signal handlers run in the main thread) may be interrupted.
-        if self._idle and threading.current_thread() is threading.main_thread():
+        if self._idle:
             raise _Interrupted()
 
     def install_signal_handlers(self) -> None:
@@ -184,24 +128,6 @@ class Worker:
         signal.signal(signal.SIGTERM, self.request_stop)
 
     def run(self, until_empty: bool = False) -> int:
-        writer = _Writer(self)
-        try:
-            self._loop(writer, until_empty)
-        finally:
-            writer.close()  # the batches in hand are committed and deleted before we return
-        if writer.error is not None:
-            raise writer.error
-        if writer.fault is not None:
-            log.error(
-                "%s. Stopped without deleting the messages in hand; they will be redelivered once the "
-                "database is fixed.",
-                writer.fault,
-            )
-            return EXIT_DB_FAULT
-        self._progress(final=True)
-        return EXIT_OK
-
-    def _loop(self, writer: _Writer, until_empty: bool) -> None:
         backoff = 1.0
         while not self.stopping:
             try:
@@ -215,13 +141,21 @@ class Worker:
                 continue
             backoff = 1.0
             if messages:
-                heartbeat = Heartbeat(self.queue, [m.receipt for m in messages], self.limits.visibility_timeout)
-                writer.submit(messages, self._build(messages), heartbeat.start())
-            elif until_empty:
-                writer.wait_idle()
-                if self._drained():
-                    break
+                try:
+                    self.process(messages)
+                except DatabaseFault as exc:
+                    log.error(
+                        "%s. Stopping without deleting the %d messages in hand; they will be "
+                        "redelivered once the database is fixed.",
+                        exc,
+                        len(messages),
+                    )
+                    return EXIT_DB_FAULT
+            elif until_empty and self._drained():
+                break
             self._progress()
+        self._progress(final=True)
+        return EXIT_OK
 
     def _sleep(self, seconds: float) -> None:
         self._idle = True
@@ -273,11 +207,6 @@ class Worker:
     # -- process, commit, ack ----------------------------------------------------------------
 
     def process(self, messages: list[Message]) -> WriteStats:
-        """Decode, commit and ack one batch, here and now (`run` pipelines the same steps)."""
-        with Heartbeat(self.queue, [m.receipt for m in messages], self.limits.visibility_timeout) as heartbeat:
-            return self._commit(messages, self._build(messages), heartbeat)
-
-    def _build(self, messages: list[Message]) -> Batch:
         batch = Batch()
         now = int(time.time())
         for m in messages:
@@ -289,21 +218,18 @@ class Worker:
                     extra={"data": {"message_id": m.message_id, "receive_count": m.receive_count}},
                 )
             batch.add_message(m.message_id, m.body, m.receive_count, self.limits.max_decoded_bytes, now)
-        return batch
-
-    def _commit(self, messages: list[Message], batch: Batch, heartbeat: Heartbeat) -> WriteStats:
         receipts = [m.receipt for m in messages]
         started = time.perf_counter()
-        try:
-            stats = self.store.write(batch, give_up=lambda: self.stopping)
-        except DatabaseFault:
-            raise
-        except Exception:
-            # One poison message must not take its whole batch to the dead-letter queue.
-            log.exception("a batch of %d messages failed to write; writing them one at a time", len(messages))
-            stats, receipts = self._write_each(messages, int(time.time()))
+        with Heartbeat(self.queue, receipts, self.limits.visibility_timeout):
+            try:
+                stats = self.store.write(batch, give_up=lambda: self.stopping)
+            except DatabaseFault:
+                raise
+            except Exception:
+                # One poison message must not take its whole batch to the dead-letter queue.
+                log.exception("a batch of %d messages failed to write; writing them one at a time", len(messages))
+                stats, receipts = self._write_each(messages, now)
         commit_seconds = time.perf_counter() - started
-        heartbeat.stop()
         self._ack(receipts)
         self.totals.messages += len(messages)
         self.totals.written.add(stats)

@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 from chalicelib.queues.local import LocalQueue  # noqa: E402
 from chalicelib.queues.sqs import SqsQueue  # noqa: E402
 from chalicelib.settings import Settings, load_settings  # noqa: E402
+from tests.kit import make_sqs_queue  # noqa: E402
 
 # No test may reach AWS or need real credentials.
 for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -63,12 +64,7 @@ def sqs_settings(moto_server: str, sqs_client, request: pytest.FixtureRequest) -
     """Settings for a fresh SQS queue (with a dead-letter queue, maxReceiveCount 5) on moto."""
     name = f"t{next(_names)}-{request.node.name[:40]}".replace("[", "-").replace("]", "")
     name = "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:70]
-    dlq_url = sqs_client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    dlq_arn = sqs_client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    url = sqs_client.create_queue(
-        QueueName=name,
-        Attributes={"RedrivePolicy": f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "5"}}'},
-    )["QueueUrl"]
+    url, _dlq = make_sqs_queue(sqs_client, name)
     return load_settings(
         {
             "QUEUE_URL": url,

@@ -160,22 +160,6 @@ def local_queue_state(path: Path | str) -> LocalQueueState:
     )
 
 
-def sqs_depth(client: Any, url: str) -> tuple[int, int]:
-    attrs = client.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
-def make_sqs_queue(client: Any, name: str, max_receive_count: int = 5) -> tuple[str, str]:
-    """A fresh queue with a dead-letter queue; returns (queue URL, DLQ URL)."""
-    dlq_url = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
-    arn = client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": str(max_receive_count)})
-    url = client.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})["QueueUrl"]
-    return url, dlq_url
-
-
 # -- the worker as a child process -------------------------------------------------------------
 
 
@@ -249,6 +233,13 @@ class WorkerProcess:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(30)
+
+    def finish(self, timeout: float) -> int:
+        """Wait for the worker to exit on its own; kill it if it has not within `timeout`."""
+        try:
+            return self.wait(timeout)
+        finally:
+            self.stop()
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:

@@ -20,9 +20,13 @@ def tune_message(events: list[Any], **control: Any) -> str:
     return base64.b64encode(gzip.compress(json.dumps(envelope).encode())).decode()
 
 
-def deliver(queue: Queue, *messages: list[Any]) -> None:
-    result = queue.send_all([tune_message(m) for m in messages])
+def send(queue: Queue, bodies: list[str]) -> None:
+    result = queue.send_all(bodies)
     assert result.ok, result.failed
+
+
+def deliver(queue: Queue, *messages: list[Any]) -> None:
+    send(queue, [tune_message(m) for m in messages])
 
 
 def drain(queue: Queue, db_path: Path | str, **limits: Any) -> Worker:
@@ -46,3 +50,25 @@ def rows(db_path: Path | str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
 def one(db_path: Path | str, sql: str, *params: Any) -> Any:
     [(value,)] = rows(db_path, sql, *params)
     return value
+
+
+def make_sqs_queue(client: Any, name: str, max_receive_count: int = 5) -> tuple[str, str]:
+    """A fresh SQS queue with a dead-letter queue NAME-dlq; returns (queue URL, DLQ URL)."""
+    dlq = client.create_queue(QueueName=f"{name}-dlq")["QueueUrl"]
+    arn = client.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    policy = json.dumps({"deadLetterTargetArn": arn, "maxReceiveCount": str(max_receive_count)})
+    url = client.create_queue(QueueName=name, Attributes={"RedrivePolicy": policy})["QueueUrl"]
+    return url, dlq
+
+
+def dlq_url(client: Any, url: str) -> str:
+    """The URL of NAME-dlq, the dead-letter queue `make_sqs_queue` made for the queue at `url`."""
+    return client.get_queue_url(QueueName=url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]
+
+
+def sqs_depth(client: Any, url: str) -> tuple[int, int]:
+    """(visible, in flight) on an SQS queue."""
+    attrs = client.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])

@@ -11,9 +11,7 @@ from typing import Any
 
 from bench.generate import Generator
 from chalicelib.codec import encode_envelope, pack_events
-from chalicelib.queues.base import Queue
-from db.store import Store
-from db.worker import Limits, Worker
+from tests.kit import one
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,22 +30,6 @@ def bodies(seed: int, events: int, per_message_bytes: int = 12_000) -> list[str]
     ]
     out.append(encode_envelope(bad, {"batch": seed, "bad": True}))
     return out
-
-
-def send(queue: Queue, messages: list[str]) -> None:
-    result = queue.send_all(messages)
-    assert result.ok, result.failed
-
-
-def drain(queue: Queue, db_path: Path | str, **worker_args: Any) -> Worker:
-    """Run one in-process worker until the queue is empty."""
-    store = Store.open(db_path)
-    try:
-        worker = Worker(queue, store, Limits(wait_seconds=0), out=None, **worker_args)
-        assert worker.run(until_empty=True) == 0
-        return worker
-    finally:
-        store.close()
 
 
 def worker_env(**extra: str) -> dict[str, str]:
@@ -90,8 +72,4 @@ def domain(path: Path | str) -> dict[str, list[tuple[Any, ...]]]:
 
 
 def count(path: Path | str, table: str) -> int:
-    db = sqlite3.connect(path)
-    try:
-        return int(db.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
-    finally:
-        db.close()
+    return int(one(path, f"SELECT count(*) FROM {table}"))

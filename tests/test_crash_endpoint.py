@@ -98,10 +98,7 @@ def test_every_202_survives_sigkill_of_chalice_local(tmp_path: Path) -> None:
     assert producer.outcomes.get("cut off", 0) > 0 or kills == 0
     db_path = tmp_path / "firehose.db"
     worker = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, visibility_timeout=10)
-    try:
-        assert worker.wait(120) == 0, worker.output()[-3000:]
-    finally:
-        worker.stop()
+    assert worker.finish(120) == 0, worker.output()[-3000:]
     got = stored(db_path)
     have = set(got.events)
     lost = producer.acked - have

@@ -98,10 +98,7 @@ def test_sigterm_under_load_commits_and_deletes_the_batch_in_hand(tmp_path: Path
         assert state.visible > 0, "the queue drained before the signal: the run proves nothing"
 
     final = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, "final")
-    try:
-        assert final.wait(240) == 0, final.output()[-3000:]
-    finally:
-        final.stop()
+    assert final.finish(240) == 0, final.output()[-3000:]
     assert_exactly_once(db_path, expected)
     queue.close()
     print(f"\n[sigterm] signals={len(stops)} events={expected.offered} lost=0 (exit 0 each time, bounded)")

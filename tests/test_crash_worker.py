@@ -34,12 +34,11 @@ from tests.faultkit import (
     assert_exactly_once,
     child_env,
     local_queue_state,
-    make_sqs_queue,
     pack,
     read_only,
-    sqs_depth,
     writer_busy,
 )
+from tests.kit import make_sqs_queue, sqs_depth
 
 EVENTS = 50_000
 KILLS = 20
@@ -134,10 +133,7 @@ def test_sigkill_worker_20_times_loses_nothing(backend: str, tmp_path: Path, req
     for rest in chunks:
         assert queue.send_all(rest).ok
     final = WorkerProcess(db, url, logs, "final", visibility_timeout=VISIBILITY, env=env)
-    try:
-        assert final.wait(300) == 0, final.output()[-3000:]
-    finally:
-        final.stop()
+    assert final.finish(300) == 0, final.output()[-3000:]
 
     got = assert_exactly_once(db, expected)
     assert leftovers() == (0, 0, 0), "the queue (or its dead-letter queue) is not empty"

@@ -126,10 +126,7 @@ def test_disk_full_stops_deletes_nothing_and_resumes(tmp_path: Path) -> None:
     with tmpfs(small, "3m"):
         db_path = small / "firehose.db"
         worker = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, "full", visibility_timeout=2)
-        try:
-            rc = worker.wait(120)
-        finally:
-            worker.stop()
+        rc = worker.finish(120)
         output = worker.output()
         assert rc == EXIT_DB_FAULT, output[-3000:]
         assert "disk is full" in output, output[-3000:]
@@ -141,10 +138,7 @@ def test_disk_full_stops_deletes_nothing_and_resumes(tmp_path: Path) -> None:
 
         remount(small, "size=256m")  # the operator frees space
         worker = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, "resumed", visibility_timeout=2)
-        try:
-            assert worker.wait(180) == 0, worker.output()[-3000:]
-        finally:
-            worker.stop()
+        assert worker.finish(180) == 0, worker.output()[-3000:]
         assert_exactly_once(db_path, expected)
         state = local_queue_state(queue_path)
         assert (state.visible, state.in_flight, state.dead) == (0, 0, 0)
@@ -189,10 +183,7 @@ def test_read_only_database_stops_deletes_nothing_and_resumes(tmp_path: Path) ->
 
         set_read_only(True)
         worker = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, "readonly", visibility_timeout=2)
-        try:
-            rc = worker.wait(120)
-        finally:
-            worker.stop()
+        rc = worker.finish(120)
         output = worker.output()
         assert rc == EXIT_DB_FAULT, output[-3000:]
         assert "readonly" in output.replace("read-only", "readonly").replace("read only", "readonly"), output[-3000:]
@@ -201,10 +192,7 @@ def test_read_only_database_stops_deletes_nothing_and_resumes(tmp_path: Path) ->
 
         set_read_only(False)
         worker = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, "resumed", visibility_timeout=2)
-        try:
-            assert worker.wait(120) == 0, worker.output()[-3000:]
-        finally:
-            worker.stop()
+        assert worker.finish(120) == 0, worker.output()[-3000:]
         assert_exactly_once(db_path, expected)
     queue.close()
     print(f"\n[read-only] mounted={can_mount()} messages_held={messages} lost=0")
@@ -278,10 +266,7 @@ def test_cli_reports_a_database_it_cannot_open(tmp_path: Path) -> None:
     bad = tmp_path / "a-directory.db"
     bad.mkdir()
     worker = WorkerProcess(bad, f"local:{queue_path}", tmp_path, "cannot-open")
-    try:
-        rc = worker.wait(60)
-    finally:
-        worker.stop()
+    rc = worker.finish(60)
     assert rc == EXIT_DB_FAULT, worker.output()
     assert str(bad) in worker.output() and "Traceback" not in worker.output()
     state = local_queue_state(queue_path)

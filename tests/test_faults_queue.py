@@ -46,12 +46,11 @@ from tests.faultkit import (
     child_env,
     free_port,
     is_update,
-    make_sqs_queue,
     pack,
     read_only,
-    sqs_depth,
     wait_for,
 )
+from tests.kit import make_sqs_queue, sqs_depth
 
 MAX_ATTEMPTS = 6  # make_client's retries={"max_attempts": 5} means 5 retries: 6 requests in all
 

@@ -20,7 +20,8 @@ from db.backup import backup
 from db.cli import main
 from db.rows import Batch
 from db.store import Store
-from tests.ops_kit import bodies, count, domain, drain, send
+from tests.kit import dlq_url, drain, send, sqs_depth
+from tests.ops_kit import bodies, count, domain
 
 # -- backup ------------------------------------------------------------------------------------
 
@@ -101,32 +102,21 @@ def test_redrive_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert count(tmp_path / "db.sqlite", "envelopes") == len(messages)
 
 
-def _dlq(sqs_client: Any, url: str) -> str:
-    return sqs_client.get_queue_url(QueueName=url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]
-
-
-def _depths(sqs_client: Any, url: str) -> tuple[int, int]:
-    attrs = sqs_client.get_queue_attributes(
-        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
-    )["Attributes"]
-    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
-
-
 def test_redrive_sqs(
     tmp_path: Path, sqs_settings: Settings, sqs_client: Any, moto_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
     url = sqs_settings.queue_url
     assert url is not None
-    dlq = _dlq(sqs_client, url)
+    dlq = dlq_url(sqs_client, url)
     messages = bodies(seed=3, events=400, per_message_bytes=3000)
     for body in messages:
         sqs_client.send_message(QueueUrl=dlq, MessageBody=body)
     assert len(messages) > 10  # more than one receive's worth
 
     assert main(["redrive", "--queue-url", url]) == 0
-    assert _depths(sqs_client, dlq) == (0, 0)
-    assert _depths(sqs_client, url) == (len(messages), 0)
+    assert sqs_depth(sqs_client, dlq) == (0, 0)
+    assert sqs_depth(sqs_client, url) == (len(messages), 0)
 
     queue = SqsQueue.from_settings(sqs_settings)
     drain(queue, tmp_path / "db.sqlite")
@@ -150,15 +140,15 @@ def test_redrive_sqs_keeps_what_it_could_not_send(
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
     url = sqs_settings.queue_url
     assert url is not None
-    dlq = _dlq(sqs_client, url)
+    dlq = dlq_url(sqs_client, url)
     sqs_client.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "1024"})
     sqs_client.send_message(QueueUrl=dlq, MessageBody="x" * 2000)  # too big for the main queue now
     sqs_client.send_message(QueueUrl=dlq, MessageBody="small")
 
     assert main(["redrive", "--queue-url", url]) == 1
     assert "1 failed" in capsys.readouterr().out
-    assert sum(_depths(sqs_client, dlq)) == 1  # still in the dead-letter queue, not lost
-    assert _depths(sqs_client, url) == (1, 0)
+    assert sum(sqs_depth(sqs_client, dlq)) == 1  # still in the dead-letter queue, not lost
+    assert sqs_depth(sqs_client, url) == (1, 0)
 
 
 def test_redrive_without_dead_letter_queue(

@@ -17,7 +17,8 @@ from db.cli import main
 from db.merge import merge
 from db.store import Store
 from db.worker import Limits, Worker
-from tests.ops_kit import bodies, count, domain, drain, read_queue, send
+from tests.kit import drain, send
+from tests.ops_kit import bodies, count, domain, read_queue
 
 DEADLINE_SECONDS = 60  # a bound on waiting, never an assertion about speed
 

@@ -10,7 +10,8 @@ import db.netfs as netfs
 from chalicelib.queues.local import LocalQueue
 from db.cli import main
 from db.netfs import NetworkFileSystem, check_local, mount_of
-from tests.ops_kit import bodies, count, send
+from tests.kit import send
+from tests.ops_kit import bodies, count
 
 
 @pytest.fixture()

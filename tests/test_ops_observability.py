@@ -21,7 +21,8 @@ from db.cli import main
 from db.store import Store
 from db.worker import Limits, Worker
 from tests.conftest import free_port
-from tests.ops_kit import bodies, drain, read_queue, send
+from tests.kit import dlq_url, drain, send
+from tests.ops_kit import bodies, read_queue
 
 DEADLINE_SECONDS = 60
 
@@ -193,7 +194,7 @@ def test_status_sqs(
     monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
     url = sqs_settings.queue_url
     assert url is not None
-    dlq = sqs_client.get_queue_url(QueueName=url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]
+    dlq = dlq_url(sqs_client, url)
     sqs_client.send_message(QueueUrl=dlq, MessageBody="dead one")
     sqs_client.send_message(QueueUrl=dlq, MessageBody="dead two")
     queue = SqsQueue.from_settings(sqs_settings)

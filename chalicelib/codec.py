@@ -187,10 +187,7 @@ def _decode_canonical(data: bytes) -> Decoded | None:
     if head + b",".join(dumped) + b"]}" != data:
         return None
     # What `dump_event_text` returns for each, without dumping it a second time.
-    raw = [
-        d.decode("utf-8") if _same_with_orjson(e) else json.dumps(e, separators=(",", ":"), ensure_ascii=False)
-        for e, d in zip(events, dumped, strict=True)
-    ]
+    raw = [d.decode("utf-8") if _same_with_orjson(e) else _std_json(e) for e, d in zip(events, dumped, strict=True)]
     return Decoded(events=events, control=control, raw=raw)
 
 
@@ -240,6 +237,11 @@ def _same_with_orjson(value: Any) -> bool:
     return True
 
 
+def _std_json(value: Any) -> str:
+    """Compact JSON as the standard library writes it: the reference every fast path must match."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 def _fast_dump(event: Any) -> bytes | None:
     """orjson's output when it equals the standard library's, else None."""
     if _orjson is not None and type(event) is dict and _same_with_orjson(event):
@@ -254,12 +256,12 @@ def dump_event_text(event: Any) -> str:
     """The event as compact JSON text, exactly as `json.dumps(event, separators=(",", ":"),
     ensure_ascii=False)` writes it (raising what it raises), only faster."""
     fast = _fast_dump(event)
-    return fast.decode("utf-8") if fast is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+    return fast.decode("utf-8") if fast is not None else _std_json(event)
 
 
 def dump_event(event: Any) -> bytes:
     fast = _fast_dump(event)
-    return fast if fast is not None else json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return fast if fast is not None else _std_json(event).encode("utf-8")
 
 
 @dataclass(frozen=True)

@@ -95,14 +95,21 @@ def _check_endpoint(name: str, url: str | None) -> None:
         raise SettingsError(f"{name} must be an http(s) URL, got {url!r}")
 
 
-def load_settings(env: dict[str, str] | None = None, dotenv_path: str | Path | None = ".env") -> Settings:
-    """Read settings from `env` (default: os.environ, after loading `.env` without overriding)."""
+def load_settings(
+    env: dict[str, str] | None = None,
+    dotenv_path: str | Path | None = ".env",
+    overrides: dict[str, str] | None = None,
+) -> Settings:
+    """Read settings from `env` (default: os.environ, after loading `.env` without overriding),
+    with `overrides` (command-line flags) winning over both."""
     if env is None:
         if dotenv_path is not None and Path(dotenv_path).is_file():
             from dotenv import load_dotenv
 
             load_dotenv(dotenv_path, override=False)
         env = dict(os.environ)
+    if overrides:
+        env = {**env, **overrides}
 
     queue_url = _blank_to_none(env.get("QUEUE_URL"))
     _check_queue_url(queue_url)

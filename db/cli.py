@@ -26,12 +26,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["QUEUE_URL"] = args.queue_url
     if getattr(args, "db", None):
         overrides["DB_PATH"] = args.db
-    settings = load_settings()
-    if overrides:
-        import os
-
-        settings = load_settings({**os.environ, **overrides}, dotenv_path=None)
-    return settings
+    return load_settings(overrides=overrides)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

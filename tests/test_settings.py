@@ -62,3 +62,11 @@ def test_dotenv_is_read_without_overriding_the_environment(tmp_path: Path, monke
 def test_repr_hides_secrets() -> None:
     s = load_settings({"AWS_KEY": "AKIAEXAMPLE", "AWS_SECRET": "sekrit", "FIREHOSE_TOKEN": "tok"}, dotenv_path=None)
     assert "sekrit" not in repr(s) and "tok'" not in repr(s) and "AKIAEXAMPLE" not in repr(s)
+
+
+def test_command_line_overrides_win_and_are_validated() -> None:
+    env = {"QUEUE_URL": "ftp://stale", "DB_PATH": "env.db"}
+    s = load_settings(env, dotenv_path=None, overrides={"QUEUE_URL": "local:/tmp/q.db"})
+    assert s.local_queue_path == "/tmp/q.db" and s.db_path == "env.db"
+    with pytest.raises(SettingsError, match="QUEUE_URL"):
+        load_settings({}, dotenv_path=None, overrides={"QUEUE_URL": "ftp://nope"})

@@ -140,7 +140,8 @@ def event_row(event: dict[str, Any], kind: str, raw: str, message_id: str | None
     get = event.get
     created = kind == CREATE or bool(to_bool(get("created_from_adjustment")))
     row = _EMPTY_EVENT_ROW.copy()
-    # Coerced in the column order, so that the first field in error is the one a reject names.
+    # Only the head (num) and the money columns can raise; they are coerced in column order, so a
+    # reject names the first bad field.
     row[:_HEAD_COLUMNS] = (
         key,
         source,

@@ -4,7 +4,10 @@
   `executemany` into the same schema (same store, same PRAGMAs), one transaction per batch of the
   worker's batch size. Also measured without the secondary indexes of `events`, to show their cost.
 - naive: one event per message, one message per receive, one INSERT + COMMIT per event, one
-  delete per message, against the same local queue.
+  delete per message, against the same local queue, into the same schema, on the settings a
+  first version has: `sqlite3.connect(path)` and SQLite's defaults (rollback journal,
+  synchronous=FULL). Also measured on the store's own settings (WAL, synchronous=NORMAL), to show
+  how much of the gap is the per-event commit's fsync.
 - sqlite-utils: `sqlite-utils insert DB events FILE --pk tune_event_id --ignore --alter`.
 """
 
@@ -14,6 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,21 +25,26 @@ from chalicelib.queues.local import LocalQueue
 from db.rows import Batch
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store, bindable
 
-from .data import queue_bodies
-
 NOW = 1_790_000_000
 
 
+def built(queue_path: Path, messages_per_batch: int) -> Iterator[Batch]:
+    """The worker's rows for the messages of a queue file, in the worker's batches, one at a time."""
+    db = sqlite3.connect(f"file:{queue_path}?mode=ro", uri=True)
+    try:
+        cursor = db.execute("SELECT message_id, body FROM messages ORDER BY seq")
+        while chunk := cursor.fetchmany(messages_per_batch):
+            batch = Batch()
+            for message_id, body in chunk:
+                batch.add_message(message_id, body, 1, None, NOW)
+            yield batch
+    finally:
+        db.close()
+
+
 def prebuilt(queue_path: Path, messages_per_batch: int) -> list[Batch]:
-    """The worker's rows for these messages, in the worker's batches (built untimed)."""
-    bodies = queue_bodies(queue_path)
-    batches = []
-    for start in range(0, len(bodies), messages_per_batch):
-        batch = Batch()
-        for message_id, body in bodies[start : start + messages_per_batch]:
-            batch.add_message(message_id, body, 1, None, NOW)
-        batches.append(batch)
-    return batches
+    """All of `built`, in memory: for a ceiling measured more than once."""
+    return list(built(queue_path, messages_per_batch))
 
 
 def secondary_indexes(db: sqlite3.Connection, table: str = "events") -> list[str]:
@@ -47,10 +56,11 @@ def secondary_indexes(db: sqlite3.Connection, table: str = "events") -> list[str
     return [name for (name,) in rows]
 
 
-def ceiling(batches: list[Batch], db_path: Path, without_indexes: bool = False) -> dict[str, Any]:
+def ceiling(batches: Iterable[Batch], db_path: Path, without_indexes: bool = False) -> dict[str, Any]:
     """Time only BEGIN, executemany and COMMIT per batch, into a fresh database.
 
-    The rows are handed over exactly as the store binds them (`store.bindable`, applied untimed).
+    The rows are handed over exactly as the store binds them (`store.bindable`, applied untimed
+    just before each batch; building them, when `batches` is `built`, is untimed too).
     `without_indexes` drops the secondary indexes of `events` first: what the analysts' indexes cost.
     """
     store = Store.open(db_path)
@@ -58,17 +68,20 @@ def ceiling(batches: list[Batch], db_path: Path, without_indexes: bool = False) 
     dropped = secondary_indexes(db) if without_indexes else []
     for name in dropped:
         db.execute(f"DROP INDEX {name}")  # names read from sqlite_master just above
-    bound = [[list(bindable(rows)) for rows in (b.events, b.adjustments, b.envelopes, b.rejects)] for b in batches]
-    events = sum(len(b.events) + len(b.adjustments) + len(b.rejects) for b in batches)
-    started = time.perf_counter()
-    for rows, adjustments, envelopes, rejects in bound:
+    events, seconds = 0, 0.0
+    for b in batches:
+        rows, adjustments, envelopes, rejects = (
+            list(bindable(r)) for r in (b.events, b.adjustments, b.envelopes, b.rejects)
+        )
+        events += len(rows) + len(adjustments) + len(rejects)
+        started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")
         db.executemany(INSERT_EVENTS, rows)
         db.executemany(INSERT_ADJUSTMENTS, adjustments)
         db.executemany(INSERT_ENVELOPES, envelopes)
         db.executemany(INSERT_REJECTS, rejects)
         db.execute("COMMIT")
-    seconds = time.perf_counter() - started
+        seconds += time.perf_counter() - started
     store.close()
     return {"seconds": seconds, "events": events, "dropped_indexes": dropped, "db_bytes": file_bytes(db_path)}
 
@@ -77,10 +90,14 @@ def file_bytes(path: Path) -> int:
     return sum(Path(f"{path}{suffix}").stat().st_size for suffix in ("", "-wal") if Path(f"{path}{suffix}").exists())
 
 
-def naive(queue_path: Path, db_path: Path) -> dict[str, float]:
+def naive(queue_path: Path, db_path: Path, store_settings: bool = False) -> dict[str, float]:
     """A first version: receive one, insert and commit each event, delete it; repeat."""
     queue = LocalQueue(queue_path)
-    store = Store.open(db_path)
+    store = Store.open(db_path)  # the schema, every migration
+    if not store_settings:
+        store.db.execute("PRAGMA journal_mode=DELETE")  # WAL is a property of the file: undo it
+        store.close()
+        store = Store(sqlite3.connect(db_path, isolation_level=None), db_path)
     db = store.db
     events = 0
     started = time.perf_counter()

@@ -4,7 +4,8 @@
 
 Prints {"seconds", "events", "duplicates", "adjustments", "rejects", "messages", "peak_rss_mb",
 "write_seconds" (inside Store.write), "cpu_seconds" (this process's user + system time)}.
-Peak RSS is this process's own high-water mark (VmHWM), interpreter included.
+Peak RSS is this process's own high-water mark (VmHWM), interpreter included, plus the decoding
+helper's when there is one.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ import json
 import resource
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from chalicelib.queues.local import LocalQueue
+from db.decoders import DECODE_CHOICES, make_decoder
 from db.store import Store
 from db.worker import Limits, Worker
 
 
-def drain(queue_path: str, db_path: str, profile: str | None = None) -> dict[str, Any]:
+def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str = "auto") -> dict[str, Any]:
+    decoder = make_decoder(decode)  # what read_queue.py chooses on this machine; it starts its helper first
     started = time.perf_counter()
     queue = LocalQueue(queue_path)
     store = Store.open(db_path)
@@ -41,7 +45,7 @@ def drain(queue_path: str, db_path: str, profile: str | None = None) -> dict[str
 
     store.write = timed_write  # type: ignore[method-assign]
     # The defaults, except: do not long-poll an empty queue at the end of the drain.
-    worker = Worker(queue, store, dataclasses.replace(Limits(), wait_seconds=0.0), out=None)
+    worker = Worker(queue, store, dataclasses.replace(Limits(), wait_seconds=0.0), out=None, decoder=decoder)
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
@@ -50,6 +54,8 @@ def drain(queue_path: str, db_path: str, profile: str | None = None) -> dict[str
         profiler.disable()
         profiler.dump_stats(profile)
     seconds = time.perf_counter() - started
+    helper_rss = children_peak_rss_mb()
+    decoder.close()
     totals = worker.totals
     written = totals.written
     store.close()
@@ -66,22 +72,37 @@ def drain(queue_path: str, db_path: str, profile: str | None = None) -> dict[str
         "adjustments": written.adjustments,
         "rejects": written.rejects,
         "messages": totals.messages,
-        "peak_rss_mb": peak_rss_mb(),
+        # The worker and every process it started (the decoding helper and multiprocessing's resource
+        # tracker): the sum of their peaks, an upper bound of their peak together.
+        "peak_rss_mb": peak_rss_mb() + helper_rss,
+        "helper_peak_rss_mb": helper_rss,
+        "decode": type(decoder).__name__,
         "write_seconds": write_seconds[0],
         "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
     }
 
 
-def peak_rss_mb() -> float:
-    """This process's high-water resident set (VmHWM). Not `ru_maxrss`: on Linux that survives
+def peak_rss_mb(pid: int | str = "self") -> float:
+    """A process's high-water resident set (VmHWM). Not `ru_maxrss`: on Linux that survives
     exec, so a child started by a big parent reports the parent's peak."""
     try:
-        for line in open("/proc/self/status", encoding="ascii"):
+        for line in open(f"/proc/{pid}/status", encoding="ascii"):
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else 0.0
+
+
+def children_peak_rss_mb() -> float:
+    """The summed peaks of this process's living children (Linux /proc), read before they exit."""
+    pids = set()
+    for tasks in Path("/proc/self/task").iterdir():
+        try:
+            pids.update((tasks / "children").read_text().split())
+        except OSError:
+            continue
+    return sum(peak_rss_mb(pid) for pid in pids)
 
 
 def main() -> None:
@@ -89,8 +110,9 @@ def main() -> None:
     parser.add_argument("queue")
     parser.add_argument("db")
     parser.add_argument("--profile")
+    parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto")
     args = parser.parse_args()
-    json.dump(drain(args.queue, args.db, args.profile), sys.stdout)
+    json.dump(drain(args.queue, args.db, args.profile, args.decode), sys.stdout)
     sys.stdout.write("\n")
 
 

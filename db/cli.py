@@ -13,6 +13,7 @@ from chalicelib.queues import open_queue
 from chalicelib.settings import Settings, SettingsError, load_settings
 
 from . import backup, logs, merge, netfs, redrive, reprocess, setup_queue, status
+from .decoders import DECODE_CHOICES, make_decoder
 from .schema import SchemaTooNew
 from .store import DatabaseFault, Store
 from .worker import Limits, Observer, Worker
@@ -64,7 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
     # In JSON mode stderr carries only JSON lines; progress travels in the batch records.
     quiet = args.quiet or args.log_format == "json"
-    worker = Worker(queue, store, limits, out=None if quiet else sys.stderr, observers=observers)
+    decoder = make_decoder(args.decode)
+    worker = Worker(queue, store, limits, out=None if quiet else sys.stderr, observers=observers, decoder=decoder)
     worker.install_signal_handlers()
     worker.stopping = bool(early_stops)
     logging.getLogger("tune_firehose").info(
@@ -76,6 +78,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         return worker.run(until_empty=args.until_empty)
     finally:
+        decoder.close()
         if metrics is not None:
             metrics.close()
         store.close()
@@ -134,6 +137,13 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpars
         type=int,
         default=60,
         help="seconds a received message stays hidden; a heartbeat extends it while writing (default 60)",
+    )
+    run.add_argument(
+        "--decode",
+        choices=DECODE_CHOICES,
+        default="auto",
+        help="decode the next batch in a helper process while this one is written (process), or in the "
+        "worker itself (inline); auto (default): process when the machine has more than one CPU",
     )
     run.add_argument("--quiet", action="store_true", help="no progress line")
     _add_log_format(run)

@@ -227,6 +227,12 @@ class Batch:
     envelopes: list[tuple[Any, ...]] = field(default_factory=list)
     rejects: list[tuple[Any, ...]] = field(default_factory=list)
 
+    def extend(self, other: Batch) -> None:
+        self.events += other.events
+        self.adjustments += other.adjustments
+        self.envelopes += other.envelopes
+        self.rejects += other.rejects
+
     @property
     def size(self) -> int:
         return len(self.events) + len(self.adjustments) + len(self.rejects)

@@ -23,7 +23,9 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
 # SQLite's page cache for the writer (negative: KiB). The default 2 MiB makes every insert at a
 # random key of the events b-tree read its page back from the OS; bench/RESULTS.md has the effect.
-CACHE_KIB = 65_536
+# 32 MiB drained 100,000 and 1,000,000 events as fast as 64 MiB did (within run-to-run noise), and
+# the worker's memory is budgeted (bench: peak RSS, with the decoding helper).
+CACHE_KIB = 32_768
 TABLES = ("events", "adjustments", "envelopes", "rejects")
 
 

@@ -22,6 +22,7 @@ from typing import Protocol, TextIO
 
 from chalicelib.queues import Depth, Message, Queue, QueueUnavailable
 
+from .decoders import Decoder, InlineDecoder
 from .rows import Batch
 from .store import DatabaseFault, Store, WriteStats
 
@@ -84,13 +85,23 @@ class Heartbeat:
             except QueueUnavailable as exc:
                 log.warning("heartbeat: %s", exc)
 
-    def __enter__(self) -> Heartbeat:
+    def start(self) -> Heartbeat:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def stop(self) -> None:
         self._stop.set()
         self._thread.join()
+
+
+@dataclass
+class _Job:
+    """Messages in hand, from receipt until their batch is committed and they are deleted."""
+
+    messages: list[Message]
+    now: int
+    batch: Callable[[], Batch]
+    heartbeat: Heartbeat
 
 
 class Worker:
@@ -102,8 +113,10 @@ class Worker:
         out: TextIO | None = sys.stderr,
         clock: Callable[[], float] = time.monotonic,
         observers: Sequence[Observer] = (),
+        decoder: Decoder | None = None,
     ) -> None:
         self.queue, self.store = queue, store
+        self.decoder = decoder or InlineDecoder()
         self.limits = limits or Limits()
         self.out = out
         self.clock = clock
@@ -129,33 +142,47 @@ class Worker:
 
     def run(self, until_empty: bool = False) -> int:
         backoff = 1.0
-        while not self.stopping:
-            try:
-                messages = self._collect(until_empty)
-            except _Interrupted:
-                break
-            except QueueUnavailable as exc:
-                log.error("queue unreachable, retrying in %.0f s (nothing is deleted): %s", backoff, exc)
-                self._sleep(backoff)
-                backoff = min(backoff * 2, 60)
-                continue
-            backoff = 1.0
-            if messages:
+        # Batches received and not yet deleted, oldest first. With a decoder that overlaps, one batch
+        # decodes in the helper while the one before it is written.
+        in_hand: list[_Job] = []
+        most_waiting = 1 if self.decoder.overlaps else 0
+        try:
+            while not self.stopping:
                 try:
-                    self.process(messages)
-                except DatabaseFault as exc:
-                    log.error(
-                        "%s. Stopping without deleting the %d messages in hand; they will be "
-                        "redelivered once the database is fixed.",
-                        exc,
-                        len(messages),
-                    )
-                    return EXIT_DB_FAULT
-            elif until_empty and self._drained():
-                break
-            self._progress()
+                    messages = self._collect(until_empty, hurry=bool(in_hand))
+                except _Interrupted:
+                    break
+                except QueueUnavailable as exc:
+                    self._finish_all(in_hand)
+                    log.error("queue unreachable, retrying in %.0f s (nothing is deleted): %s", backoff, exc)
+                    self._sleep(backoff)
+                    backoff = min(backoff * 2, 60)
+                    continue
+                backoff = 1.0
+                if messages:
+                    in_hand.append(self._start(messages))
+                while len(in_hand) > (most_waiting if messages else 0):
+                    self._finish(in_hand.pop(0))
+                if not messages and until_empty and self._drained():
+                    break
+                self._progress()
+            self._finish_all(in_hand)
+        except DatabaseFault as exc:
+            log.error(
+                "%s. Stopping without deleting the messages in hand; they will be redelivered once the "
+                "database is fixed.",
+                exc,
+            )
+            return EXIT_DB_FAULT
+        finally:
+            for job in in_hand:  # never written: stop extending them, so they are redelivered soon
+                job.heartbeat.stop()
         self._progress(final=True)
         return EXIT_OK
+
+    def _finish_all(self, in_hand: list[_Job]) -> None:
+        while in_hand:
+            self._finish(in_hand.pop(0))
 
     def _sleep(self, seconds: float) -> None:
         self._idle = True
@@ -176,10 +203,12 @@ class Worker:
 
     # -- prepare -----------------------------------------------------------------------------
 
-    def _collect(self, until_empty: bool) -> list[Message]:
-        """Receive until the batch is full by events or bytes, or about a second has passed."""
+    def _collect(self, until_empty: bool, hurry: bool = False) -> list[Message]:
+        """Receive until the batch is full by events or bytes, or about a second has passed.
+
+        `hurry`: a batch is waiting to be written, so do not long-poll an empty queue."""
         limits = self.limits
-        wait = min(limits.wait_seconds, 1.0) if until_empty else limits.wait_seconds
+        wait = 0 if hurry else min(limits.wait_seconds, 1.0) if until_empty else limits.wait_seconds
         self._idle = True
         try:
             if self.stopping:
@@ -207,8 +236,10 @@ class Worker:
     # -- process, commit, ack ----------------------------------------------------------------
 
     def process(self, messages: list[Message]) -> WriteStats:
-        batch = Batch()
-        now = int(time.time())
+        """Decode, write and delete these messages, one batch."""
+        return self._finish(self._start(messages))
+
+    def _start(self, messages: list[Message]) -> _Job:
         for m in messages:
             if m.receive_count > 1:
                 log.info(
@@ -217,10 +248,22 @@ class Worker:
                     m.receive_count,
                     extra={"data": {"message_id": m.message_id, "receive_count": m.receive_count}},
                 )
-            batch.add_message(m.message_id, m.body, m.receive_count, self.limits.max_decoded_bytes, now)
+        heartbeat = Heartbeat(self.queue, [m.receipt for m in messages], self.limits.visibility_timeout).start()
+        now = int(time.time())
+        try:
+            items = [(m.message_id, m.body, m.receive_count) for m in messages]
+            batch = self.decoder.submit(items, self.limits.max_decoded_bytes, now)
+        except BaseException:
+            heartbeat.stop()
+            raise
+        return _Job(messages, now, batch, heartbeat)
+
+    def _finish(self, job: _Job) -> WriteStats:
+        messages = job.messages
         receipts = [m.receipt for m in messages]
-        started = time.perf_counter()
-        with Heartbeat(self.queue, receipts, self.limits.visibility_timeout):
+        try:
+            batch = job.batch()
+            started = time.perf_counter()
             try:
                 stats = self.store.write(batch, give_up=lambda: self.stopping)
             except DatabaseFault:
@@ -228,8 +271,10 @@ class Worker:
             except Exception:
                 # One poison message must not take its whole batch to the dead-letter queue.
                 log.exception("a batch of %d messages failed to write; writing them one at a time", len(messages))
-                stats, receipts = self._write_each(messages, now)
-        commit_seconds = time.perf_counter() - started
+                stats, receipts = self._write_each(messages, job.now)
+            commit_seconds = time.perf_counter() - started
+        finally:
+            job.heartbeat.stop()
         self._ack(receipts)
         self.totals.messages += len(messages)
         self.totals.written.add(stats)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.queues.base import Queue
+from db.decoders import Decoder
 from db.store import Store
 from db.worker import Limits, Worker
 
@@ -29,10 +30,10 @@ def deliver(queue: Queue, *messages: list[Any]) -> None:
     send(queue, [tune_message(m) for m in messages])
 
 
-def drain(queue: Queue, db_path: Path | str, **limits: Any) -> Worker:
+def drain(queue: Queue, db_path: Path | str, decoder: Decoder | None = None, **limits: Any) -> Worker:
     store = Store.open(db_path)
     try:
-        worker = Worker(queue, store, Limits(wait_seconds=0, **limits), out=None)
+        worker = Worker(queue, store, Limits(wait_seconds=0, **limits), out=None, decoder=decoder)
         assert worker.run(until_empty=True) == 0
         return worker
     finally:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
+
 from chalicelib.queues.local import LocalQueue
+from db.decoders import Decoder, InlineDecoder, ProcessDecoder, decode_batch
 from db.store import Store
 from db.worker import Limits, Worker
 from tests.kit import deliver, drain, one, rows, tune_message
@@ -14,22 +21,32 @@ from tests.kit import deliver, drain, one, rows, tune_message
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(params=["inline", "process"])
+def decoder(request: pytest.FixtureRequest) -> Iterator[Decoder]:
+    """Both ways the worker decodes: in its own thread, or in a helper process, overlapped with writing."""
+    made: Decoder = InlineDecoder() if request.param == "inline" else ProcessDecoder()
+    yield made
+    made.close()
+
+
 def ev(i: int, **extra) -> dict:  # type: ignore[no-untyped-def,type-arg]
     return {"action": "click", "tune_event_id": f"id-{i}", "offer_id": i % 3, **extra}
 
 
-def test_events_land_once_and_messages_are_deleted(local_queue: LocalQueue, tmp_path: Path) -> None:
+def test_events_land_once_and_messages_are_deleted(local_queue: LocalQueue, tmp_path: Path, decoder: Decoder) -> None:
     deliver(local_queue, [ev(i) for i in range(50)], [ev(i) for i in range(50, 100)])
-    worker = drain(local_queue, tmp_path / "f.db")
+    worker = drain(local_queue, tmp_path / "f.db", decoder)
     assert one(tmp_path / "f.db", "SELECT count(*) FROM events") == 100
     assert worker.totals.written.events == 100 and worker.totals.messages == 2
     depth = local_queue.depth()
     assert depth.visible == depth.in_flight == 0
 
 
-def test_duplicates_inside_and_across_messages_are_ignored(local_queue: LocalQueue, tmp_path: Path) -> None:
+def test_duplicates_inside_and_across_messages_are_ignored(
+    local_queue: LocalQueue, tmp_path: Path, decoder: Decoder
+) -> None:
     deliver(local_queue, [ev(1), ev(2), ev(1)], [ev(2), ev(3)])
-    worker = drain(local_queue, tmp_path / "f.db")
+    worker = drain(local_queue, tmp_path / "f.db", decoder)
     assert rows(tmp_path / "f.db", "SELECT tune_event_id FROM events ORDER BY 1") == [("id-1",), ("id-2",), ("id-3",)]
     assert worker.totals.written.duplicates == 2
 
@@ -47,8 +64,6 @@ def test_redelivery_of_a_committed_message_changes_nothing(local_queue: LocalQue
     batch.add_message(message.message_id, message.body, 1)
     store.write(batch)  # committed, but the "crash" means no delete
     before = rows(db, "SELECT * FROM events ORDER BY 1")
-    import time
-
     time.sleep(1.1)
     assert worker.run(until_empty=True) == 0
     assert rows(db, "SELECT * FROM events ORDER BY 1") == before
@@ -56,9 +71,11 @@ def test_redelivery_of_a_committed_message_changes_nothing(local_queue: LocalQue
     store.close()
 
 
-def test_undecodable_message_goes_to_rejects_and_is_deleted(local_queue: LocalQueue, tmp_path: Path) -> None:
+def test_undecodable_message_goes_to_rejects_and_is_deleted(
+    local_queue: LocalQueue, tmp_path: Path, decoder: Decoder
+) -> None:
     assert local_queue.send_all(["H4sI-this-is-not-gzip", tune_message([ev(1)])]).ok
-    worker = drain(local_queue, tmp_path / "f.db")
+    worker = drain(local_queue, tmp_path / "f.db", decoder)
     [(reason, raw, index)] = rows(tmp_path / "f.db", "SELECT reason, raw, event_index FROM rejects")
     assert reason.startswith("message undecodable:") and raw == "H4sI-this-is-not-gzip" and index is None
     assert one(tmp_path / "f.db", "SELECT count(*) FROM events") == 1
@@ -66,7 +83,9 @@ def test_undecodable_message_goes_to_rejects_and_is_deleted(local_queue: LocalQu
     assert local_queue.depth().visible == local_queue.depth().in_flight == 0
 
 
-def test_graceful_stop_commits_and_deletes_the_batch_in_hand(local_queue: LocalQueue, tmp_path: Path) -> None:
+def test_graceful_stop_commits_and_deletes_the_batch_in_hand(
+    local_queue: LocalQueue, tmp_path: Path, decoder: Decoder
+) -> None:
     deliver(local_queue, *[[ev(i * 10 + j) for j in range(10)] for i in range(30)])
 
     class StopDuringWrite(Store):
@@ -75,13 +94,85 @@ def test_graceful_stop_commits_and_deletes_the_batch_in_hand(local_queue: LocalQ
             return super().write(batch, give_up)
 
     store = StopDuringWrite.open(tmp_path / "f.db")
-    worker = Worker(local_queue, store, Limits(wait_seconds=0, max_batch_events=50), out=None)
+    worker = Worker(local_queue, store, Limits(wait_seconds=0, max_batch_events=50), out=None, decoder=decoder)
     assert worker.run() == 0
     written = one(tmp_path / "f.db", "SELECT count(*) FROM events")
-    assert 0 < written < 300  # it stopped after the one batch...
+    # It stopped after the batch in hand (and, with a helper, the one decoding behind it)...
+    assert 0 < written <= (200 if decoder.overlaps else 100)  # 10 messages of 10 per receive
     depth = local_queue.depth()
     assert depth.in_flight == 0  # ...which it deleted, leaving nothing half-done
     assert depth.visible * 10 + written == 300
+
+
+def test_batches_overlap_and_commit_in_order(local_queue: LocalQueue, tmp_path: Path) -> None:
+    """With the helper, the next batch is received and decoding before this one is written, and the
+    batches are still written oldest first, each deleted only after its own commit."""
+    deliver(local_queue, *[[ev(i * 10 + j) for j in range(10)] for i in range(40)])
+    seen: list[tuple[int, int]] = []
+
+    class Watching(Store):
+        def write(self, batch, give_up=lambda: False):  # type: ignore[no-untyped-def]
+            depth = local_queue.depth()
+            # in flight: this batch, plus the one the helper is decoding
+            seen.append((depth.in_flight, min(int(row[0].split("-")[1]) for row in batch.events)))
+            return super().write(batch, give_up)
+
+    store = Watching.open(tmp_path / "f.db")
+    with ProcessDecoder() as decoder:
+        worker = Worker(local_queue, store, Limits(wait_seconds=0, max_batch_events=50), out=None, decoder=decoder)
+        assert worker.run(until_empty=True) == 0
+    store.close()
+    assert one(tmp_path / "f.db", "SELECT count(*) FROM events") == 400
+    assert max(in_flight for in_flight, _ in seen) > 5  # more than one batch's messages were in hand
+    firsts = [first for _, first in seen]
+    assert firsts == sorted(firsts)  # oldest batch first
+    assert local_queue.depth().in_flight == local_queue.depth().visible == 0
+
+
+def test_a_dead_helper_is_replaced_and_its_batch_decoded_here(local_queue: LocalQueue, tmp_path: Path) -> None:
+    deliver(local_queue, [ev(i) for i in range(30)])
+    [message] = local_queue.receive(10, 0, 60)
+    items = [(message.message_id, message.body, message.receive_count)]
+    with ProcessDecoder() as decoder:
+        first = decoder.call(os.getpid)
+        os.kill(first, signal.SIGKILL)
+        got = decoder.submit(items, 1 << 20, 1_700_000_000)()
+        assert got == decode_batch(items, 1 << 20, 1_700_000_000)
+        assert decoder.call(os.getpid) != first  # a new helper took over
+        again = decoder.submit(items, 1 << 20, 1_700_000_000)()
+        assert again == got
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(p) for p in (task / "children").read_text().split())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_helper_processes_do_not_outlive_a_killed_worker(tmp_path: Path) -> None:
+    cmd = [sys.executable, "read_queue.py", "--db", str(tmp_path / "f.db"), "--queue-url", f"local:{tmp_path / 'q'}"]
+    proc = subprocess.Popen([*cmd, "--decode", "process", "--quiet"], cwd=ROOT, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while len(helpers := _children(proc.pid)) < 2 and time.monotonic() < deadline:  # helper + resource tracker
+            time.sleep(0.1)
+        assert len(helpers) == 2, "the worker started no helper process"
+        proc.kill()
+        proc.wait()
+        deadline = time.monotonic() + 10
+        while any(_alive(h) for h in helpers) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(h) for h in helpers), "a helper outlived its killed worker"
+    finally:
+        proc.kill()
 
 
 def test_worker_cli_until_empty_and_sigterm(tmp_path: Path) -> None:
@@ -95,8 +186,6 @@ def test_worker_cli_until_empty_and_sigterm(tmp_path: Path) -> None:
     assert one(db, "SELECT count(*) FROM events") == 20
     # A long-polling worker stops promptly on SIGTERM and exits 0.
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    import time
-
     time.sleep(1.5)
     proc.terminate()
     assert proc.wait(timeout=10) == 0

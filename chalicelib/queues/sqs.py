@@ -202,8 +202,11 @@ class SqsQueue:
                         method, Entries=[{"Id": str(i), "ReceiptHandle": receipts[i], **extra} for i in batch]
                     )
                 except QueueUnavailable as exc:
-                    failed.update({i: _Failure(str(exc), retryable=False) for i in batch})
-                    continue
+                    # botocore has retried this call already: the queue is unreachable, so the other
+                    # chunks are not tried either (a message not deleted is redelivered and changes
+                    # nothing; a visibility not extended is tried again by the next heartbeat).
+                    failed.update({i: _Failure(str(exc), retryable=False) for i in indexes[start:]})
+                    break
                 failed.update(_failures(resp))
             return failed
 

@@ -4,30 +4,43 @@ Decoding (base64, gzip, JSON, typed rows) is Python work that holds the GIL, and
 what SQLite's `executemany` costs through Python, so threads cannot overlap them (bench/RESULTS.md
 measured it). A helper process can: while the worker writes one batch, the helper decodes the
 next. The helper holds no state and touches neither the queue nor the database; if it dies, the
-batch is decoded here instead and a new helper is started.
+batch is decoded here instead (so a message that crashes decoding fails in the worker, with its
+traceback) and a new helper is started.
+
+The helper is a plain child process talking over its stdin and stdout: length-prefixed pickles,
+one request per batch in, one frame per decoded message back and an empty frame to end the batch.
+It needs no multiprocessing machinery (no resource tracker process, nothing that outlives the
+worker): when the worker dies, the helper reads end-of-file and exits.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import threading
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
-from typing import Any, Protocol, TypeVar
+from collections import deque
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from queue import SimpleQueue
+from typing import IO, Protocol
 
-from .rows import Batch
+from .rows import Batch, Incoming
 
 log = logging.getLogger(__name__)
 
 # (message_id, body, receive_count): what decoding needs from a received message.
 Item = tuple[str, str, int | None]
-T = TypeVar("T")
+_ROOT = Path(__file__).resolve().parent.parent
+_HEADER = 8
 
 
 def decode_batch(items: Sequence[Item], max_decoded_bytes: int, now: int) -> Batch:
@@ -37,26 +50,11 @@ def decode_batch(items: Sequence[Item], max_decoded_bytes: int, now: int) -> Bat
     return batch
 
 
-def decode_pickled(items: Sequence[Item], max_decoded_bytes: int, now: int) -> list[bytes]:
-    """`decode_batch` in the helper: rows travel pickled, one message at a time, so the helper never
-    holds a whole batch of row objects and the worker unpickles a batch only when it writes it."""
-    return [pickle.dumps(decode_batch([item], max_decoded_bytes, now), pickle.HIGHEST_PROTOCOL) for item in items]
-
-
-def _unpickle(parts: list[bytes]) -> Batch:
-    batch = Batch()
-    parts.reverse()
-    while parts:  # drop each part once unpickled: the batch is the biggest thing the worker holds
-        part = parts.pop()
-        batch.extend(pickle.loads(part))  # noqa: S301 - our own helper's output, never outside input
-    return batch
-
-
 class Decoder(Protocol):
     # True when `submit` returns before decoding is done, so the caller can write meanwhile.
     overlaps: bool
 
-    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Callable[[], Batch]: ...
+    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Incoming: ...
 
     def close(self) -> None: ...
 
@@ -66,86 +64,205 @@ class InlineDecoder:
 
     overlaps = False
 
-    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Callable[[], Batch]:
-        batch = decode_batch(items, max_decoded_bytes, now)
-        return lambda: batch
+    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Incoming:
+        return Incoming([decode_batch(items, max_decoded_bytes, now)])
 
     def close(self) -> None:
         pass
 
 
-def _start_helper(worker: int) -> None:
-    # Ctrl-C reaches the whole process group; the worker decides when to stop, and then shuts the
-    # helper down itself.
+def _write_frame(stream: IO[bytes], payload: bytes) -> None:
+    stream.write(len(payload).to_bytes(_HEADER, "big") + payload)
+
+
+def _read_frame(stream: IO[bytes]) -> bytes | None:
+    """The next frame, or None at end of file (or a frame cut short by it)."""
+    header = stream.read(_HEADER)
+    if len(header) < _HEADER:
+        return None
+    size = int.from_bytes(header, "big")
+    payload = stream.read(size) if size else b""
+    return payload if len(payload) == size else None
+
+
+def serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
+    """The helper's loop: decode each request, one message at a time, so it never holds more than
+    one message's rows."""
+    # Ctrl-C reaches the whole process group; the worker decides when to stop, and then closes the
+    # helper's stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # A worker killed outright (SIGKILL, OOM) cannot shut the helper down, and the helper's own copy
-    # of its task pipe keeps it waiting forever: it leaves when it finds itself orphaned. The worker's
-    # pid comes from the worker, since it may be dead already by the time the helper gets here.
-    threading.Thread(target=_exit_when_orphaned, args=(worker,), name="orphan-watch", daemon=True).start()
+    stdin = stdin or sys.stdin.buffer
+    stdout = stdout or sys.stdout.buffer
+    try:
+        _write_frame(stdout, b"")  # ready
+        stdout.flush()
+        while (request := _read_frame(stdin)) is not None:
+            items, max_decoded_bytes, now = pickle.loads(request)  # noqa: S301 - from the worker that started us
+            for item in items:
+                batch = decode_batch([item], max_decoded_bytes, now)
+                _write_frame(stdout, pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
+            _write_frame(stdout, b"")
+            stdout.flush()
+    except BrokenPipeError:  # the worker is gone: nobody wants the rest
+        os._exit(0)
 
 
-def _exit_when_orphaned(parent: int) -> None:
-    while os.getppid() == parent:
-        time.sleep(0.5)
-    os._exit(0)
+class HelperDied(RuntimeError):
+    pass
+
+
+class _Reply:
+    """The frames of one request, handed over by the reader thread as they arrive."""
+
+    def __init__(self) -> None:
+        self.frames: SimpleQueue[bytes | None] = SimpleQueue()  # None: the end
+        self.failed = False
+
+    def end(self, failed: bool = False) -> None:
+        self.failed = failed
+        self.frames.put(None)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while (frame := self.frames.get()) is not None:
+            yield frame
+        if self.failed:
+            raise HelperDied("the decoding helper process exited")
+
+
+def _widen_pipe(stream: IO[bytes] | None) -> None:
+    """Let the helper run ahead by about a megabyte of rows (Linux pipes hold 64 KiB, less than one
+    message's rows), so it keeps decoding while the worker is busy inside SQLite."""
+    set_size = getattr(fcntl, "F_SETPIPE_SZ", None) if fcntl else None
+    if stream is not None and set_size is not None:
+        try:
+            fcntl.fcntl(stream.fileno(), set_size, 1 << 20)
+        except OSError:  # above /proc/sys/fs/pipe-max-size for an unprivileged user: keep the default
+            pass
+
+
+class _Helper:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import sys; sys.path.insert(0, sys.argv[1]); from db.decoders import serve; serve()",
+                str(_ROOT),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+        )
+        _widen_pipe(self.proc.stdout)
+        self.ready = _Reply()
+        self.replies: deque[_Reply] = deque([self.ready])
+        self.alive = True
+        self._lock = threading.Lock()
+        # Requests go out through a thread of their own: the helper reads the next request only when
+        # it has decoded the one before, and the worker must not wait for that to hand it over.
+        self._requests: SimpleQueue[bytes | None] = SimpleQueue()
+        self._writer = threading.Thread(target=self._write, name="decoder-writer", daemon=True)
+        self._reader = threading.Thread(target=self._read, name="decoder-reader", daemon=True)
+        self._writer.start()
+        self._reader.start()
+
+    def _write(self) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        try:
+            while (request := self._requests.get()) is not None:
+                _write_frame(stdin, request)
+                stdin.flush()
+        except OSError as exc:  # the helper is gone; the reader ends its replies as failed
+            log.debug("cannot write to the decoding helper: %r", exc)
+        finally:
+            try:
+                stdin.close()  # end of file: the helper exits
+            except OSError:
+                pass
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        while (frame := _read_frame(self.proc.stdout)) is not None:
+            if frame:
+                self.replies[0].frames.put(frame)
+            else:
+                self.replies.popleft().end()
+        with self._lock:
+            self.alive = False
+            while self.replies:
+                self.replies.popleft().end(failed=True)
+
+    def send(self, items: list[Item], max_decoded_bytes: int, now: int) -> _Reply:
+        reply = _Reply()
+        with self._lock:  # the reader matches replies to requests in order
+            if not self.alive:
+                reply.end(failed=True)
+                return reply
+            self.replies.append(reply)
+            self._requests.put(pickle.dumps((items, max_decoded_bytes, now), pickle.HIGHEST_PROTOCOL))
+        return reply
+
+    def close(self) -> None:
+        self._requests.put(None)
+        self._writer.join(timeout=10)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._reader.join(timeout=10)
 
 
 class ProcessDecoder:
-    """Decodes in one helper process (started with `spawn`: no locks or threads inherited)."""
+    """Decodes in one helper process, started now and again whenever it has died."""
 
     overlaps = True
 
     def __init__(self) -> None:
-        self._pool: ProcessPoolExecutor | None = None
+        self._helper: _Helper | None = None
 
-    def _executor(self) -> ProcessPoolExecutor:
-        if self._pool is None:
-            self._pool = ProcessPoolExecutor(
-                max_workers=1,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_start_helper,
-                initargs=(os.getpid(),),
-            )
-        return self._pool
+    def _running(self) -> _Helper:
+        if self._helper is None or not self._helper.alive:
+            if self._helper is not None:
+                log.error("the decoding helper process exited (%s); starting a new one", self._helper.proc.poll())
+                self._helper.close()
+            self._helper = _Helper()
+        return self._helper
 
-    def _restart(self, exc: BaseException) -> None:
-        log.error("the decoding helper process failed (%r); decoding here and starting a new one", exc)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = None
-
-    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Callable[[], Batch]:
-        items = list(items)
-        try:
-            future: Future[list[bytes]] | None = self._executor().submit(decode_pickled, items, max_decoded_bytes, now)
-        except (BrokenProcessPool, RuntimeError) as exc:
-            self._restart(exc)
-            future = None
-
-        def result() -> Batch:
-            if future is not None:
-                try:
-                    return _unpickle(future.result())
-                except BrokenProcessPool as exc:
-                    self._restart(exc)
-            return decode_batch(items, max_decoded_bytes, now)
-
-        return result
+    @property
+    def pid(self) -> int:
+        return self._running().proc.pid
 
     def start(self) -> ProcessDecoder:
-        """Start the helper now (about 0.3 s), not when the first batch arrives."""
-        self.call(os.getpid)
+        """Start the helper and wait until it is ready (about 0.2 s)."""
+        try:
+            for _ in self._running().ready:
+                pass
+        except HelperDied:
+            log.error("the decoding helper process did not start; batches are decoded here until one does")
         return self
 
-    def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn` in the helper (a module-level function): how the bench reads the helper's memory."""
-        return self._executor().submit(fn, *args).result()
+    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Incoming:
+        items = list(items)
+        reply = self._running().send(items, max_decoded_bytes, now)
+
+        def parts() -> Iterator[Batch]:
+            done = 0  # one frame per message, in order
+            try:
+                for frame in reply:
+                    yield pickle.loads(frame)  # noqa: S301 - our own helper's output, never outside input
+                    done += 1
+            except HelperDied:
+                log.error("the decoding helper died mid-batch; decoding its other %d messages here", len(items) - done)
+                yield decode_batch(items[done:], max_decoded_bytes, now)
+
+        return Incoming(parts())
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._helper is not None:
+            self._helper.close()
+            self._helper = None
 
     def __enter__(self) -> ProcessDecoder:
         return self

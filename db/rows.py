@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -295,3 +296,49 @@ class Batch:
         self.envelopes.append((message_id, now, receive_count, control, len(decoded.events)))
         self.add_events(decoded.events, message_id, now, decoded.raw)
         return len(decoded.events)
+
+
+class Incoming:
+    """A batch whose rows arrive in parts, one per message, as a decoder produces them: the store
+    writes the first parts while later ones are still being decoded.
+
+    `parts()` can be iterated again (a write retried after a lock): it replays the parts already
+    handed out, then goes on with the rest. The properties of `Batch` read the whole batch, waiting
+    for every part."""
+
+    def __init__(self, parts: Iterable[Batch]) -> None:
+        self._source: Iterator[Batch] = iter(parts)
+        self._received: list[Batch] = []
+        self._whole: Batch | None = None
+
+    def parts(self) -> Iterator[Batch]:
+        yield from list(self._received)
+        for part in self._source:
+            self._received.append(part)
+            yield part
+
+    def whole(self) -> Batch:
+        if self._whole is None:
+            for _ in self.parts():
+                pass
+            self._whole = Batch()
+            for part in self._received:
+                self._whole.extend(part)
+            self._received = [self._whole]
+        return self._whole
+
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        return self.whole().events
+
+    @property
+    def adjustments(self) -> list[tuple[Any, ...]]:
+        return self.whole().adjustments
+
+    @property
+    def envelopes(self) -> list[tuple[Any, ...]]:
+        return self.whole().envelopes
+
+    @property
+    def rejects(self) -> list[tuple[Any, ...]]:
+        return self.whole().rejects

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .rows import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Batch
+from .rows import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Batch, Incoming
 from .schema import migrate
 
 log = logging.getLogger(__name__)
@@ -141,13 +141,13 @@ class Store:
             raise DatabaseFault(f"cannot open database {path}: {exc}{_why_unwritable(path)}") from exc
         return cls(db, path)
 
-    def write(self, batch: Batch, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+    def write(self, batch: Batch | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
         """Write the whole batch in one transaction; wait out locks held by other processes
-        until `give_up()` says stop."""
+        until `give_up()` says stop. An `Incoming` batch is written part by part as it arrives."""
         attempt = 0
         while True:
             try:
-                return self._write_once(batch)
+                return self._write_once(batch.parts() if isinstance(batch, Incoming) else [batch])
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
                     raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
@@ -163,22 +163,29 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
 
-    def _write_once(self, batch: Batch) -> WriteStats:
+    def _write_once(self, parts: Iterable[Batch]) -> WriteStats:
         db = self.db
+        stats = WriteStats()
         db.execute("BEGIN IMMEDIATE")
         try:
-            events = db.executemany(INSERT_EVENTS, bindable(batch.events)).rowcount if batch.events else 0
-            adjustments = (
-                db.executemany(INSERT_ADJUSTMENTS, bindable(batch.adjustments)).rowcount if batch.adjustments else 0
-            )
-            if batch.envelopes:
-                db.executemany(INSERT_ENVELOPES, bindable(batch.envelopes))
-            rejects = db.executemany(INSERT_REJECTS, bindable(batch.rejects)).rowcount if batch.rejects else 0
+            for batch in parts:
+                stats.add(self._insert(batch))
             db.execute("COMMIT")
         except BaseException:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        return stats
+
+    def _insert(self, batch: Batch) -> WriteStats:
+        db = self.db
+        events = db.executemany(INSERT_EVENTS, bindable(batch.events)).rowcount if batch.events else 0
+        adjustments = (
+            db.executemany(INSERT_ADJUSTMENTS, bindable(batch.adjustments)).rowcount if batch.adjustments else 0
+        )
+        if batch.envelopes:
+            db.executemany(INSERT_ENVELOPES, bindable(batch.envelopes))
+        rejects = db.executemany(INSERT_REJECTS, bindable(batch.rejects)).rowcount if batch.rejects else 0
         return WriteStats(
             events=events,
             duplicates=len(batch.events) - events,

@@ -23,7 +23,7 @@ from typing import Protocol, TextIO
 from chalicelib.queues import Depth, Message, Queue, QueueUnavailable
 
 from .decoders import Decoder, InlineDecoder
-from .rows import Batch
+from .rows import Batch, Incoming
 from .store import DatabaseFault, Store, WriteStats
 
 log = logging.getLogger("tune_firehose.worker")
@@ -100,7 +100,7 @@ class _Job:
 
     messages: list[Message]
     now: int
-    batch: Callable[[], Batch]
+    batch: Incoming
     heartbeat: Heartbeat
 
 
@@ -261,8 +261,8 @@ class Worker:
     def _finish(self, job: _Job) -> WriteStats:
         messages = job.messages
         receipts = [m.receipt for m in messages]
+        batch = job.batch
         try:
-            batch = job.batch()
             started = time.perf_counter()
             try:
                 stats = self.store.write(batch, give_up=lambda: self.stopping)
@@ -279,7 +279,7 @@ class Worker:
         self.totals.messages += len(messages)
         self.totals.written.add(stats)
         for observer in self.observers:
-            observer.batch_written(messages, batch, stats, commit_seconds)
+            observer.batch_written(messages, batch.whole(), stats, commit_seconds)
         return stats
 
     def _write_each(self, messages: list[Message], now: int) -> tuple[WriteStats, list[str]]:

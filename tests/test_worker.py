@@ -134,13 +134,13 @@ def test_a_dead_helper_is_replaced_and_its_batch_decoded_here(local_queue: Local
     [message] = local_queue.receive(10, 0, 60)
     items = [(message.message_id, message.body, message.receive_count)]
     with ProcessDecoder() as decoder:
-        first = decoder.call(os.getpid)
+        first = decoder.start().pid
         os.kill(first, signal.SIGKILL)
-        got = decoder.submit(items, 1 << 20, 1_700_000_000)()
+        got = decoder.submit(items, 1 << 20, 1_700_000_000).whole()
         assert got == decode_batch(items, 1 << 20, 1_700_000_000)
-        assert decoder.call(os.getpid) != first  # a new helper took over
-        again = decoder.submit(items, 1 << 20, 1_700_000_000)()
-        assert again == got
+        again = decoder.submit(items, 1 << 20, 1_700_000_000).whole()
+        assert decoder.pid != first  # a new helper took over...
+        assert again == got  # ...and decodes the same
 
 
 def _children(pid: int) -> set[int]:
@@ -162,9 +162,9 @@ def test_helper_processes_do_not_outlive_a_killed_worker(tmp_path: Path) -> None
     proc = subprocess.Popen([*cmd, "--decode", "process", "--quiet"], cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while len(helpers := _children(proc.pid)) < 2 and time.monotonic() < deadline:  # helper + resource tracker
+        while not (helpers := _children(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert len(helpers) == 2, "the worker started no helper process"
+        assert helpers, "the worker started no helper process"
         proc.kill()
         proc.wait()
         deadline = time.monotonic() + 10

@@ -95,9 +95,9 @@ def other_load(busy_before: float | None, wall: float) -> dict[str, float] | Non
     return {"others_cpu_seconds": others, "wall_seconds": wall, "cores": float(os.cpu_count() or 1)}
 
 
-def drain(queue: Path, db: Path, profile: Path | None = None) -> dict[str, Any]:
+def drain(queue: Path, db: Path, profile: Path | None = None, decode: str = "auto") -> dict[str, Any]:
     """The real worker in its own process (so its peak RSS is its own)."""
-    cmd = [sys.executable, "-m", "bench.drain", str(queue), str(db)]
+    cmd = [sys.executable, "-m", "bench.drain", str(queue), str(db), "--decode", decode]
     if profile:
         cmd += ["--profile", str(profile)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True).stdout
@@ -181,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(1, REPEATS)
     ]
     data.copy_queue(queues[small], work / "queue-profile.db")
+    data.copy_queue(queues[medium], work / "queue-inline.db")
     json_path = work / "events.json"
     data.write_json_array(data.event_chunks(medium), json_path)
 
@@ -210,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     drains[small], drains[medium], ceiling = (_median_run(x) for x in (small_runs, drain_runs, ceiling_runs))
     results["drains"][str(small)] = drains[small]
     results["drains"][str(medium)] = drains[medium]
+    log(f"worker drain of {medium:,} events decoding inline (--decode inline), for comparison")
+    results["drain_inline"] = drain(work / "queue-inline.db", fresh(work / "worker-inline.db"), decode="inline")
+    log(f"  {rate(results['drain_inline']):,.0f} events/s")
     results["repeats"] = {
         "worker_small": [rate(x) for x in small_runs],
         "worker": [rate(x) for x in drain_runs],
@@ -406,6 +410,19 @@ def render(r: dict[str, Any], profile: str, sqlite_share: float, limits: Limits)
             _met(spread <= 1.2),
         ),
     ]
+    if r.get("drain_inline"):
+        inline = rate(r["drain_inline"])
+        rows.insert(
+            1,
+            (
+                f"worker drain decoding inline (`--decode inline`) / ceiling ({medium:,} events)",
+                f"{inline:,.0f} ev/s",
+                f"{ceiling:,.0f} ev/s",
+                f"{inline / ceiling:.2f}",
+                "— (for comparison)",
+                "",
+            ),
+        )
     cs = ceiling_rates(r)
     if cs:
         rows.append(
@@ -455,9 +472,11 @@ events per queue message.{repeats_note(r.get("repeats"))}{load_note(r.get("load"
 
 - **Worker drain**: `bench/drain.py` runs the real `Worker` (its default `Limits`, no idle long
   poll at the end, and the decoder `read_queue.py` picks on this machine: {d[small].get("decode", "InlineDecoder")},
-  which decodes the next batch in a helper process while this one is written) in its own process on
+  which decodes in a helper process while the worker writes, each message's rows written as they
+  arrive) in its own process on
   a local queue file already holding the events, into a fresh database with every migration; timed
-  from opening the queue to the drained exit, helper start-up included. The
+  from opening the queue to the drained exit, after the helper has started (about 0.2 s, once per
+  worker run). The row "decoding inline" is one drain with `--decode inline`: what the helper buys. The
   {large:,}-event drain stored {dl["stored_events"]:,} events, {dl["adjustments"]:,} adjustments and
   absorbed {dl["duplicates"]:,} duplicates.
 - **Ceiling** (`bench/baselines.py`): the same messages turned into the same row tuples

@@ -7,8 +7,9 @@ next. The helper holds no state and touches neither the queue nor the database; 
 batch is decoded here instead (so a message that crashes decoding fails in the worker, with its
 traceback) and a new helper is started.
 
-The helper is a plain child process talking over its stdin and stdout: length-prefixed pickles,
-one request per batch in, one frame per decoded message back and an empty frame to end the batch.
+The helper is a plain child process talking over its stdin and stdout: length-prefixed `marshal`
+data (both ends are the same interpreter; it loads rows faster than pickle), one request per batch
+in, one frame per decoded message back and an empty frame to end the batch.
 It needs no multiprocessing machinery (no resource tracker process, nothing that outlives the
 worker): when the worker dies, the helper reads end-of-file and exits.
 """
@@ -21,8 +22,8 @@ try:
     import fcntl
 except ImportError:  # not on Windows
     fcntl = None  # type: ignore[assignment]
+import marshal
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -98,10 +99,10 @@ def serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> No
         _write_frame(stdout, b"")  # ready
         stdout.flush()
         while (request := _read_frame(stdin)) is not None:
-            items, max_decoded_bytes, now = pickle.loads(request)  # noqa: S301 - from the worker that started us
+            items, max_decoded_bytes, now = marshal.loads(request)  # noqa: S302 - from the worker that started us
             for item in items:
                 batch = decode_batch([item], max_decoded_bytes, now)
-                _write_frame(stdout, pickle.dumps(batch, pickle.HIGHEST_PROTOCOL))
+                _write_frame(stdout, marshal.dumps((batch.events, batch.adjustments, batch.envelopes, batch.rejects)))
             _write_frame(stdout, b"")
             stdout.flush()
     except BrokenPipeError:  # the worker is gone: nobody wants the rest
@@ -200,7 +201,7 @@ class _Helper:
                 reply.end(failed=True)
                 return reply
             self.replies.append(reply)
-            self._requests.put(pickle.dumps((items, max_decoded_bytes, now), pickle.HIGHEST_PROTOCOL))
+            self._requests.put(marshal.dumps((items, max_decoded_bytes, now)))
         return reply
 
     def close(self) -> None:
@@ -251,7 +252,7 @@ class ProcessDecoder:
             done = 0  # one frame per message, in order
             try:
                 for frame in reply:
-                    yield pickle.loads(frame)  # noqa: S301 - our own helper's output, never outside input
+                    yield Batch(*marshal.loads(frame))  # noqa: S302 - our own helper's output, never outside input
                     done += 1
             except HelperDied:
                 log.error("the decoding helper died mid-batch; decoding its other %d messages here", len(items) - done)

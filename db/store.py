@@ -23,8 +23,8 @@ log = logging.getLogger(__name__)
 BUSY_TIMEOUT_MS = 5000
 # SQLite's page cache for the writer (negative: KiB). The default 2 MiB makes every insert at a
 # random key of the events b-tree read its page back from the OS; bench/RESULTS.md has the effect.
-# 32 MiB drained 100,000 and 1,000,000 events as fast as 64 MiB did (within run-to-run noise), and
-# the worker's memory is budgeted (bench: peak RSS, with the decoding helper).
+# 32 MiB: as fast as 64 MiB at 100,000 events and about 10% slower once a database passes 800,000,
+# which buys the memory the decoding helper needs (bench: peak RSS of the worker and its helper).
 CACHE_KIB = 32_768
 TABLES = ("events", "adjustments", "envelopes", "rejects")
 

@@ -3,7 +3,8 @@
     python -m bench.drain QUEUE_DB FIREHOSE_DB [--profile OUT.prof]
 
 Prints {"seconds", "events", "duplicates", "adjustments", "rejects", "messages", "peak_rss_mb",
-"write_seconds" (inside Store.write), "cpu_seconds" (this process's user + system time)}.
+"write_seconds" (inside Store.write), "insert_seconds" (of which in its inserts), "cpu_seconds"
+(this process's user + system time)}.
 Peak RSS is this process's own high-water mark (VmHWM), interpreter included, plus the decoding
 helper's when there is one.
 """
@@ -31,19 +32,11 @@ def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str
     started = time.perf_counter()
     queue = LocalQueue(queue_path)
     store = Store.open(db_path)
-    # Time spent inside Store.write (BEGIN .. COMMIT: SQLite's share of the drain), measured without
-    # a profiler so it holds for every size.
-    write = store.write
-    write_seconds = [0.0]
-
-    def timed_write(*args: Any, **kwargs: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return write(*args, **kwargs)
-        finally:
-            write_seconds[0] += time.perf_counter() - began
-
-    store.write = timed_write  # type: ignore[method-assign]
+    # Time spent inside Store.write (BEGIN .. COMMIT), and inside it the inserts alone (the rest is
+    # waiting for the decoding helper's rows), measured without a profiler so they hold at every size.
+    write_seconds, insert_seconds = [0.0], [0.0]
+    store.write = _timed(store.write, write_seconds)  # type: ignore[method-assign]
+    store._insert = _timed(store._insert, insert_seconds)  # type: ignore[method-assign]
     # The defaults, except: do not long-poll an empty queue at the end of the drain.
     worker = Worker(queue, store, dataclasses.replace(Limits(), wait_seconds=0.0), out=None, decoder=decoder)
     profiler = cProfile.Profile() if profile else None
@@ -78,8 +71,20 @@ def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str
         "helper_peak_rss_mb": helper_rss,
         "decode": type(decoder).__name__,
         "write_seconds": write_seconds[0],
+        "insert_seconds": insert_seconds[0],
         "cpu_seconds": sum(resource.getrusage(resource.RUSAGE_SELF)[:2]),
     }
+
+
+def _timed(fn: Any, total: list[float]) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            total[0] += time.perf_counter() - began
+
+    return timed
 
 
 def peak_rss_mb(pid: int | str = "self") -> float:

@@ -86,25 +86,29 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload if len(payload) == size else None
 
 
-def serve(stdin: IO[bytes] | None = None, stdout: IO[bytes] | None = None) -> None:
-    """The helper's loop: decode each request, one message at a time, so it never holds more than
-    one message's rows."""
+def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
+    """The helper's loop: decode each request one message at a time, so it never holds more than
+    one message's rows, and send each message's rows as soon as they are built."""
+    _write_frame(stdout, b"")  # ready
+    stdout.flush()
+    while (request := _read_frame(stdin)) is not None:
+        items, max_decoded_bytes, now = marshal.loads(request)  # noqa: S302 - from the worker that started us
+        for item in items:
+            batch = decode_batch([item], max_decoded_bytes, now)
+            _write_frame(stdout, marshal.dumps((batch.events, batch.adjustments, batch.envelopes, batch.rejects)))
+            stdout.flush()
+        _write_frame(stdout, b"")
+        stdout.flush()
+
+
+def helper_main() -> None:
+    """The helper process (started by `_Helper`)."""
     # Ctrl-C reaches the whole process group; the worker decides when to stop, and then closes the
     # helper's stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stdin = stdin or sys.stdin.buffer
-    stdout = stdout or sys.stdout.buffer
     try:
-        _write_frame(stdout, b"")  # ready
-        stdout.flush()
-        while (request := _read_frame(stdin)) is not None:
-            items, max_decoded_bytes, now = marshal.loads(request)  # noqa: S302 - from the worker that started us
-            for item in items:
-                batch = decode_batch([item], max_decoded_bytes, now)
-                _write_frame(stdout, marshal.dumps((batch.events, batch.adjustments, batch.envelopes, batch.rejects)))
-            _write_frame(stdout, b"")
-            stdout.flush()
+        serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:  # the worker is gone: nobody wants the rest
         os._exit(0)
 
@@ -148,7 +152,7 @@ class _Helper:
             [
                 sys.executable,
                 "-c",
-                "import sys; sys.path.insert(0, sys.argv[1]); from db.decoders import serve; serve()",
+                "import sys; sys.path.insert(0, sys.argv[1]); from db.decoders import helper_main; helper_main()",
                 str(_ROOT),
             ],
             stdin=subprocess.PIPE,

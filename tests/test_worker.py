@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import marshal
 import os
 import signal
 import subprocess
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from chalicelib.queues.local import LocalQueue
-from db.decoders import Decoder, InlineDecoder, ProcessDecoder, decode_batch
+from db.decoders import Decoder, InlineDecoder, ProcessDecoder, _read_frame, _write_frame, decode_batch, serve
+from db.rows import Batch
 from db.store import Store
 from db.worker import Limits, Worker
 from tests.kit import deliver, drain, one, rows, tune_message
@@ -58,7 +61,6 @@ def test_redelivery_of_a_committed_message_changes_nothing(local_queue: LocalQue
     store = Store.open(db)
     worker = Worker(local_queue, store, Limits(wait_seconds=0, visibility_timeout=1), out=None)
     [message] = local_queue.receive(10, 0, 1)
-    from db.rows import Batch
 
     batch = Batch()
     batch.add_message(message.message_id, message.body, 1)
@@ -141,6 +143,25 @@ def test_a_dead_helper_is_replaced_and_its_batch_decoded_here(local_queue: Local
         again = decoder.submit(items, 1 << 20, 1_700_000_000).whole()
         assert decoder.pid != first  # a new helper took over...
         assert again == got  # ...and decodes the same
+
+
+def test_helper_protocol_one_frame_per_message_then_an_end(local_queue: LocalQueue) -> None:
+    """What the helper reads and writes: a request per batch; a ready frame first, then one frame of
+    rows per message as it is decoded, then an empty frame. End of input ends it."""
+    deliver(local_queue, [ev(1), ev(2)], [ev(3)])
+    items = [(m.message_id, m.body, m.receive_count) for m in local_queue.receive(10, 0, 60)]
+    requests = io.BytesIO()
+    _write_frame(requests, marshal.dumps((items, 1 << 20, 1_700_000_000)))
+    requests.seek(0)
+    replies = io.BytesIO()
+    serve(requests, replies)  # returns at the end of its input
+    replies.seek(0)
+    frames = []
+    while (frame := _read_frame(replies)) is not None:
+        frames.append(frame)
+    assert frames[0] == b"" and frames[-1] == b"" and len(frames) == 2 + len(items)
+    for item, frame in zip(items, frames[1:-1], strict=True):
+        assert Batch(*marshal.loads(frame)) == decode_batch([item], 1 << 20, 1_700_000_000)  # noqa: S302 - the helper's own output
 
 
 def _children(pid: int) -> set[int]:

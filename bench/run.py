@@ -525,9 +525,9 @@ Decoding runs in the helper process, which this profile does not see; the worker
 for it (`SimpleQueue.get`, inside `Store.write`) only when the helper is behind.
 Without a profiler, `Store.write` took {_write_us(d[small]):,.0f} of the worker's {_us(w_small):,.0f} µs
 per event at {small:,} events, {_write_us(d[medium]):,.0f} of {_us(w_medium):,.0f} at {medium:,} and
-{_write_us(d[large]):,.0f} of {_us(w_large):,.0f} at {large:,}; of those, the inserts alone took
-{_insert_us(d[small]):,.0f}, {_insert_us(d[medium]):,.0f} and {_insert_us(d[large]):,.0f} µs (the rest
-is waiting for the helper's rows).
+{_write_us(d[large]):,.0f} of {_us(w_large):,.0f} at {large:,}; of those, SQLite itself (the inserts,
+BEGIN and COMMIT) took {_sqlite_us(d[small]):,.0f}, {_sqlite_us(d[medium]):,.0f} and
+{_sqlite_us(d[large]):,.0f} µs (the rest is waiting for the helper's rows).
 
 ```
 {profile}
@@ -545,9 +545,10 @@ def _us(rate_: float) -> float:
     return 1e6 / rate_
 
 
-def _insert_us(result: dict[str, Any]) -> float:
-    """µs per event the drain spent in the store's inserts (executemany), inside Store.write."""
-    return result.get("insert_seconds", result.get("write_seconds", 0.0)) * 1e6 / result["events"]
+def _sqlite_us(result: dict[str, Any]) -> float:
+    """µs per event the drain spent in SQLite inside Store.write: the inserts, BEGIN and COMMIT."""
+    seconds = result.get("insert_seconds", 0.0) + result.get("commit_seconds", 0.0)
+    return (seconds or result.get("write_seconds", 0.0)) * 1e6 / result["events"]
 
 
 def _write_us(result: dict[str, Any]) -> float:
@@ -572,13 +573,13 @@ def bounds_text(
     w_us, c_us = _us(w_medium), _us(ceiling)
     python_us = w_us - c_us
     write_us = _write_us(d[medium])
-    insert_us = d[medium].get("insert_seconds", 0.0) * 1e6 / d[medium]["events"]
+    sqlite_us = _sqlite_us(d[medium])
     lines = [
         f"- **Where a worker event's time goes.** At {medium:,} events the worker takes {w_us:,.0f} µs per "
         f"event and the ceiling (SQLite alone, rows prebuilt) {c_us:,.0f} µs. Measured inside the worker "
-        f"without a profiler, `Store.write` took {write_us:,.0f} µs per event: {insert_us:,.0f} µs in its inserts "
-        "(the ceiling's work, plus turning NULLs into NaN for binding: `store.bindable`) and the rest waiting for "
-        "and loading the helper's rows (`marshal`) and in BEGIN/COMMIT; the store writes each message's rows as "
+        f"without a profiler, `Store.write` took {write_us:,.0f} µs per event: {sqlite_us:,.0f} µs in SQLite (the "
+        "inserts, with NULLs turned into NaN for binding by `store.bindable`, and BEGIN and COMMIT) and the rest "
+        "waiting for and loading the helper's rows (`marshal`); the store writes each message's rows as "
         f"they arrive. The other {w_us - write_us:,.0f} µs are the queue's receive and delete and the loop around "
         "them. Decoding (base64, gzip, JSON, typed rows) runs in the helper process, on the other core, at the same "
         "time as the write."
@@ -617,11 +618,11 @@ def bounds_text(
             decode = ""
             if small_ceiling.get("build_seconds") and d[small].get("insert_seconds"):
                 decode_us = small_ceiling["build_seconds"] * 1e6 / small_ceiling["events"]
-                insert_us = d[small]["insert_seconds"] * 1e6 / d[small]["events"]
+                insert_us = _sqlite_us(d[small])
                 wait_us = _write_us(d[small]) - insert_us
                 decode = (
-                    f" At this size the worker spent {insert_us:,.0f} µs per event in its inserts and "
-                    f"{wait_us:,.0f} µs waiting for the helper's rows (and in BEGIN/COMMIT): SQLite is at its fastest "
+                    f" At this size the worker spent {insert_us:,.0f} µs per event in SQLite and "
+                    f"{wait_us:,.0f} µs waiting for the helper's rows: SQLite is at its fastest "
                     "while the b-trees fit in the cache, and decoding (base64, gzip, JSON, typed rows) alone costs "
                     f"{decode_us:,.0f} µs per event on one otherwise idle core (building the ceiling's rows), more "
                     "while the worker's own process runs beside it on this 2-core machine."
@@ -652,7 +653,7 @@ def bounds_text(
             )
     rates = (w_small, w_medium, w_large)
     if max(rates) / min(rates) > 1.2:
-        ws = [_insert_us(d[n]) for n in (small, medium, large)]
+        ws = [_sqlite_us(d[n]) for n in (small, medium, large)]
         rest = [_us(rt) - w for rt, w in zip(rates, ws, strict=True)]
         if ws[2] - ws[0] > rest[2] - rest[0]:
             cause = (
@@ -677,9 +678,9 @@ def bounds_text(
                 + " of the ceiling at the three sizes."
             )
         lines.append(
-            f"- **±20% at {small:,} / {medium:,} / {large:,} events:** per event, the time in the store's inserts "
-            f"(SQLite) went {ws[0]:,.0f} → {ws[1]:,.0f} → {ws[2]:,.0f} µs and the rest of the worker's time "
-            f"{rest[0]:,.0f} → {rest[1]:,.0f} → {rest[2]:,.0f} µs. {cause}"
+            f"- **±20% at {small:,} / {medium:,} / {large:,} events:** per event, the time in SQLite (the store's "
+            f"inserts, BEGIN and COMMIT) went {ws[0]:,.0f} → {ws[1]:,.0f} → {ws[2]:,.0f} µs and the rest of the "
+            f"worker's time {rest[0]:,.0f} → {rest[1]:,.0f} → {rest[2]:,.0f} µs. {cause}"
         )
     little = r["sqs_small"]
     if little["per_million"] > 10_000:

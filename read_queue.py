@@ -2,9 +2,7 @@
 
 import sys
 
-if __name__ == "__main__":
-    # Imported here, not above: the decoding helper process re-imports this file as its main
-    # module, and needs none of the command line (or boto3) to decode.
-    from db.cli import main
+from db.cli import main
 
+if __name__ == "__main__":
     sys.exit(main())

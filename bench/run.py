@@ -618,10 +618,10 @@ def bounds_text(
             decode = ""
             if small_ceiling.get("build_seconds") and d[small].get("insert_seconds"):
                 decode_us = small_ceiling["build_seconds"] * 1e6 / small_ceiling["events"]
-                insert_us = _sqlite_us(d[small])
-                wait_us = _write_us(d[small]) - insert_us
+                small_sqlite_us = _sqlite_us(d[small])
+                wait_us = _write_us(d[small]) - small_sqlite_us
                 decode = (
-                    f" At this size the worker spent {insert_us:,.0f} µs per event in SQLite and "
+                    f" At this size the worker spent {small_sqlite_us:,.0f} µs per event in SQLite and "
                     f"{wait_us:,.0f} µs waiting for the helper's rows: SQLite is at its fastest "
                     "while the b-trees fit in the cache, and decoding (base64, gzip, JSON, typed rows) alone costs "
                     f"{decode_us:,.0f} µs per event on one otherwise idle core (building the ceiling's rows), more "

@@ -17,11 +17,6 @@ worker): when the worker dies, the helper reads end-of-file and exits.
 from __future__ import annotations
 
 import logging
-
-try:
-    import fcntl
-except ImportError:  # not on Windows
-    fcntl = None  # type: ignore[assignment]
 import marshal
 import os
 import signal
@@ -35,6 +30,11 @@ from queue import SimpleQueue
 from typing import IO, Protocol
 
 from .rows import Batch, Incoming
+
+try:
+    import fcntl
+except ImportError:  # not on Windows
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 

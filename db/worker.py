@@ -22,7 +22,7 @@ from typing import Protocol, TextIO
 
 from chalicelib.queues import Depth, Message, Queue, QueueUnavailable
 
-from .decoders import Decoder, InlineDecoder
+from .decoders import Decoder, InlineDecoder, decode_batch
 from .rows import Batch, Incoming
 from .store import DatabaseFault, Store, WriteStats
 
@@ -286,8 +286,7 @@ class Worker:
         """Write each message in its own transaction; return the stats and the receipts written."""
         stats, written = WriteStats(), []
         for m in messages:
-            single = Batch()
-            single.add_message(m.message_id, m.body, m.receive_count, self.limits.max_decoded_bytes, now)
+            single = decode_batch([(m.message_id, m.body, m.receive_count)], self.limits.max_decoded_bytes, now)
             try:
                 stats.add(self.store.write(single, give_up=lambda: self.stopping))
             except DatabaseFault:

@@ -121,15 +121,20 @@ def peak_rss_mb(pid: int | str = "self") -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 if pid == "self" else 0.0
 
 
-def children_peak_rss_mb() -> float:
-    """The summed peaks of this process's living children (Linux /proc), read before they exit."""
-    pids = set()
-    for tasks in Path("/proc/self/task").iterdir():
+def child_pids(pid: int | str = "self") -> set[int]:
+    """The living children of a process (Linux /proc)."""
+    pids: set[int] = set()
+    for tasks in Path(f"/proc/{pid}/task").iterdir():
         try:
-            pids.update((tasks / "children").read_text().split())
+            pids.update(int(child) for child in (tasks / "children").read_text().split())
         except OSError:
             continue
-    return sum(peak_rss_mb(pid) for pid in pids)
+    return pids
+
+
+def children_peak_rss_mb() -> float:
+    """The summed peaks of this process's living children, read before they exit."""
+    return sum(peak_rss_mb(pid) for pid in child_pids())
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -22,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 from chalicelib.queues.local import LocalQueue  # noqa: E402
 from chalicelib.queues.sqs import SqsQueue  # noqa: E402
 from chalicelib.settings import Settings, load_settings  # noqa: E402
-from tests.kit import make_sqs_queue  # noqa: E402
+from tests.kit import dlq_url, make_sqs_queue  # noqa: E402
 
 # No test may reach AWS or need real credentials.
 for _name in ("AWS_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
@@ -75,6 +76,21 @@ def sqs_settings(moto_server: str, sqs_client, request: pytest.FixtureRequest) -
         },
         dotenv_path=None,
     )
+
+
+@pytest.fixture
+def cli_sqs_queue(
+    sqs_settings: Settings,
+    sqs_client: Any,
+    moto_server: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[str, str]:
+    """(URL, dead-letter URL) of the `sqs_settings` queue, for `read_queue.py` commands run in this
+    process: they find moto through AWS_ENDPOINT_URL_SQS in the environment."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
+    url = sqs_settings.queue_url
+    assert url is not None
+    return url, dlq_url(sqs_client, url)
 
 
 @pytest.fixture()

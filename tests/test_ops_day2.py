@@ -20,7 +20,7 @@ from db.backup import backup
 from db.cli import main
 from db.rows import Batch
 from db.store import Store
-from tests.kit import dlq_url, drain, send, sqs_depth
+from tests.kit import drain, send, sqs_depth
 from tests.ops_kit import bodies, count, domain
 
 # -- backup ------------------------------------------------------------------------------------
@@ -102,13 +102,8 @@ def test_redrive_local(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert count(tmp_path / "db.sqlite", "envelopes") == len(messages)
 
 
-def test_redrive_sqs(
-    tmp_path: Path, sqs_settings: Settings, sqs_client: Any, moto_server: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
-    url = sqs_settings.queue_url
-    assert url is not None
-    dlq = dlq_url(sqs_client, url)
+def test_redrive_sqs(tmp_path: Path, sqs_settings: Settings, sqs_client: Any, cli_sqs_queue: tuple[str, str]) -> None:
+    url, dlq = cli_sqs_queue
     messages = bodies(seed=3, events=400, per_message_bytes=3000)
     for body in messages:
         sqs_client.send_message(QueueUrl=dlq, MessageBody=body)
@@ -131,16 +126,9 @@ def test_redrive_sqs(
 
 
 def test_redrive_sqs_keeps_what_it_could_not_send(
-    sqs_settings: Settings,
-    sqs_client: Any,
-    moto_server: str,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+    sqs_client: Any, cli_sqs_queue: tuple[str, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
-    url = sqs_settings.queue_url
-    assert url is not None
-    dlq = dlq_url(sqs_client, url)
+    url, dlq = cli_sqs_queue
     sqs_client.set_queue_attributes(QueueUrl=url, Attributes={"MaximumMessageSize": "1024"})
     sqs_client.send_message(QueueUrl=dlq, MessageBody="x" * 2000)  # too big for the main queue now
     sqs_client.send_message(QueueUrl=dlq, MessageBody="small")

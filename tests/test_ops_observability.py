@@ -21,7 +21,7 @@ from db.cli import main
 from db.store import Store
 from db.worker import Limits, Worker
 from tests.conftest import free_port
-from tests.kit import dlq_url, drain, send
+from tests.kit import drain, send
 from tests.ops_kit import bodies, read_queue
 
 DEADLINE_SECONDS = 60
@@ -187,14 +187,10 @@ def test_status_sqs(
     tmp_path: Path,
     sqs_settings: Settings,
     sqs_client: Any,
-    moto_server: str,
-    monkeypatch: pytest.MonkeyPatch,
+    cli_sqs_queue: tuple[str, str],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL_SQS", moto_server)
-    url = sqs_settings.queue_url
-    assert url is not None
-    dlq = dlq_url(sqs_client, url)
+    url, dlq = cli_sqs_queue
     sqs_client.send_message(QueueUrl=dlq, MessageBody="dead one")
     sqs_client.send_message(QueueUrl=dlq, MessageBody="dead two")
     queue = SqsQueue.from_settings(sqs_settings)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.drain import child_pids
 from chalicelib.queues.local import LocalQueue
 from db.decoders import Decoder, InlineDecoder, ProcessDecoder, _read_frame, _write_frame, decode_batch, serve
 from db.rows import Batch
@@ -164,13 +165,6 @@ def test_helper_protocol_one_frame_per_message_then_an_end(local_queue: LocalQue
         assert Batch(*marshal.loads(frame)) == decode_batch([item], 1 << 20, 1_700_000_000)  # noqa: S302 - the helper's own output
 
 
-def _children(pid: int) -> set[int]:
-    found: set[int] = set()
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        found.update(int(p) for p in (task / "children").read_text().split())
-    return found
-
-
 def _alive(pid: int) -> bool:
     try:
         return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
@@ -183,7 +177,7 @@ def test_helper_processes_do_not_outlive_a_killed_worker(tmp_path: Path) -> None
     proc = subprocess.Popen([*cmd, "--decode", "process", "--quiet"], cwd=ROOT, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
-        while not (helpers := _children(proc.pid)) and time.monotonic() < deadline:
+        while not (helpers := child_pids(proc.pid)) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert helpers, "the worker started no helper process"
         proc.kill()

@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.queues.local import LocalQueue
+from db.binding import bindable
 from db.rows import Batch
-from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store, bindable
+from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
 
 NOW = 1_790_000_000
 
@@ -59,7 +60,7 @@ def secondary_indexes(db: sqlite3.Connection, table: str = "events") -> list[str
 def ceiling(batches: Iterable[Batch], db_path: Path, without_indexes: bool = False) -> dict[str, Any]:
     """Time only BEGIN, executemany and COMMIT per batch, into a fresh database.
 
-    The rows are handed over exactly as the store binds them (`store.bindable`, applied untimed
+    The rows are handed over exactly as the store binds them (`binding.bindable`, applied untimed
     just before each batch; building them, when `batches` is `built`, is untimed too).
     `without_indexes` drops the secondary indexes of `events` first: what the analysts' indexes cost.
     """

@@ -29,7 +29,6 @@ from db.worker import Limits, Worker
 
 def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str = "auto") -> dict[str, Any]:
     decoder = make_decoder(decode)  # what read_queue.py chooses on this machine; it starts its helper first
-    started = time.perf_counter()
     queue = LocalQueue(queue_path)
     store = Store.open(db_path)
     # Time spent inside Store.write (BEGIN .. COMMIT), and inside it SQLite's own share: the inserts,
@@ -41,6 +40,9 @@ def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str
     store.db = _TimedTransactions(store.db, commit_seconds)  # type: ignore[assignment]
     # The defaults, except: do not long-poll an empty queue at the end of the drain.
     worker = Worker(queue, store, dataclasses.replace(Limits(), wait_seconds=0.0), out=None, decoder=decoder)
+    # Timed from here, like the baselines: the helper has started, the queue and the database
+    # (schema and every migration) are open.
+    started = time.perf_counter()
     profiler = cProfile.Profile() if profile else None
     if profiler:
         profiler.enable()
@@ -67,8 +69,8 @@ def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str
         "adjustments": written.adjustments,
         "rejects": written.rejects,
         "messages": totals.messages,
-        # The worker and every process it started (the decoding helper and multiprocessing's resource
-        # tracker): the sum of their peaks, an upper bound of their peak together.
+        # The worker and every process it started (the decoding helper): the sum of their peaks, an
+        # upper bound of their peak together.
         "peak_rss_mb": peak_rss_mb() + helper_rss,
         "helper_peak_rss_mb": helper_rss,
         "decode": type(decoder).__name__,

@@ -475,12 +475,16 @@ events per queue message.{repeats_note(r.get("repeats"))}{load_note(r.get("load"
   which decodes in a helper process while the worker writes, each message's rows written as they
   arrive) in its own process on
   a local queue file already holding the events, into a fresh database with every migration; timed
-  from opening the queue to the drained exit, after the helper has started (about 0.2 s, once per
-  worker run). The row "decoding inline" is one drain with `--decode inline`: what the helper buys. The
+  from the worker's first receive to the drained exit, like the baselines, which time neither
+  opening their files nor creating the schema: the helper has started (about 0.2 s, once per
+  worker run) and the queue and database are open. The helper builds each row with its empty
+  columns already as NaN, the form the store binds fastest (`Batch.bound`), so the worker itself
+  does not convert them. The row "decoding inline" is one drain with `--decode inline`: what the helper buys. The
   {large:,}-event drain stored {dl["stored_events"]:,} events, {dl["adjustments"]:,} adjustments and
   absorbed {dl["duplicates"]:,} duplicates.
 - **Ceiling** (`bench/baselines.py`): the same messages turned into the same row tuples
-  beforehand (untimed, and in the form the store binds them: `store.bindable`), then only
+  beforehand (untimed, and in the form the store binds fastest: empty columns as NaN, by
+  `binding.bindable`), then only
   `BEGIN IMMEDIATE`, `executemany` of the store's own INSERT statements and `COMMIT`,
   {messages_per_batch(limits)} messages per transaction, through `Store.open` (same schema, same
   PRAGMAs). Measured a second time without the secondary indexes of `events`
@@ -578,7 +582,7 @@ def bounds_text(
         f"- **Where a worker event's time goes.** At {medium:,} events the worker takes {w_us:,.0f} µs per "
         f"event and the ceiling (SQLite alone, rows prebuilt) {c_us:,.0f} µs. Measured inside the worker "
         f"without a profiler, `Store.write` took {write_us:,.0f} µs per event: {sqlite_us:,.0f} µs in SQLite (the "
-        "inserts, with NULLs turned into NaN for binding by `store.bindable`, and BEGIN and COMMIT) and the rest "
+        "inserts of rows the helper built with their NULLs as NaN, and BEGIN and COMMIT) and the rest "
         "waiting for and loading the helper's rows (`marshal`); the store writes each message's rows as "
         f"they arrive. The other {w_us - write_us:,.0f} µs are the queue's receive and delete and the loop around "
         "them. Decoding (base64, gzip, JSON, typed rows) runs in the helper process, on the other core, at the same "

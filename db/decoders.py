@@ -45,7 +45,8 @@ _HEADER = 8
 
 
 def decode_batch(items: Sequence[Item], max_decoded_bytes: int, now: int) -> Batch:
-    batch = Batch()
+    """The rows of `items`, built to be bound as they are (`Batch.bound`)."""
+    batch = Batch(bound=True)
     for message_id, body, receive_count in items:
         batch.add_message(message_id, body, receive_count, max_decoded_bytes, now)
     return batch
@@ -256,7 +257,7 @@ class ProcessDecoder:
             done = 0  # one frame per message, in order
             try:
                 for frame in reply:
-                    yield Batch(*marshal.loads(frame))  # noqa: S302 - our own helper's output, never outside input
+                    yield Batch(*marshal.loads(frame), bound=True)  # noqa: S302 - our own helper's output, never outside input
                     done += 1
             except HelperDied:
                 log.error("the decoding helper died mid-batch; decoding its other %d messages here", len(items) - done)

@@ -118,7 +118,8 @@ class Metrics:
         self.adjustments.inc(stats.adjustments)
         self.rejects.inc(stats.rejects)
         self.commit_seconds.observe(commit_seconds)
-        times = [row[_EVENT_TIME] for row in batch.events if row[_EVENT_TIME] is not None]
+        # An empty event_time is None, or binding.NULL (a NaN) in rows built for binding.
+        times = [t for row in batch.events if type(t := row[_EVENT_TIME]) is int]
         if times:
             self._saw_event_time(max(times))
 

@@ -10,11 +10,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .binding import bindable
 from .rows import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Batch, Incoming
 from .schema import migrate
 
@@ -40,33 +41,8 @@ INSERT_ENVELOPES = _insert("envelopes", ["message_id", "received_at", "receive_c
 INSERT_REJECTS = _insert("rejects", ["reject_key", "message_id", "event_index", "reason", "raw", "rejected_at"])
 
 
-# Python's sqlite3 binds None through its adapter registry (a tuple, a dict lookup and two attribute
-# lookups per value), which costs more than the rest of an events row together: most of its ~100
-# columns are empty. A float NaN binds directly and SQLite stores it as NULL (sqlite3VdbeMemSetDouble
-# never stores a NaN), so NULL columns are bound as NaN. No row value is ever a NaN of its own: the
-# coercers turn non-finite numbers into None or a reject. `_nan_binds_as_null` checks the
-# behaviour once per process and falls back to None if a SQLite build ever differs.
-_NAN = float("nan")
-_NONE_TO_NAN = {None: _NAN}
-
-
-def _nan_binds_as_null() -> bool:
-    db = sqlite3.connect(":memory:")
-    try:
-        return db.execute("SELECT typeof(?)", (_NAN,)).fetchone()[0] == "null"
-    finally:
-        db.close()
-
-
-def bindable(rows: list[tuple[Any, ...]]) -> Iterable[Sequence[Any]]:
-    """The rows as `executemany` binds them fastest, with the same values stored."""
-    if not _NAN_IS_NULL:
-        return rows
-    get = _NONE_TO_NAN.get
-    return (tuple(map(get, row, row)) for row in rows)
-
-
-_NAN_IS_NULL = _nan_binds_as_null()
+def _as_built(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    return rows
 
 
 class DatabaseFault(RuntimeError):
@@ -179,13 +155,12 @@ class Store:
 
     def _insert(self, batch: Batch) -> WriteStats:
         db = self.db
-        events = db.executemany(INSERT_EVENTS, bindable(batch.events)).rowcount if batch.events else 0
-        adjustments = (
-            db.executemany(INSERT_ADJUSTMENTS, bindable(batch.adjustments)).rowcount if batch.adjustments else 0
-        )
+        bind = _as_built if batch.bound else bindable
+        events = db.executemany(INSERT_EVENTS, bind(batch.events)).rowcount if batch.events else 0
+        adjustments = db.executemany(INSERT_ADJUSTMENTS, bind(batch.adjustments)).rowcount if batch.adjustments else 0
         if batch.envelopes:
-            db.executemany(INSERT_ENVELOPES, bindable(batch.envelopes))
-        rejects = db.executemany(INSERT_REJECTS, bindable(batch.rejects)).rowcount if batch.rejects else 0
+            db.executemany(INSERT_ENVELOPES, bind(batch.envelopes))
+        rejects = db.executemany(INSERT_REJECTS, bind(batch.rejects)).rowcount if batch.rejects else 0
         return WriteStats(
             events=events,
             duplicates=len(batch.events) - events,

@@ -13,15 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from chalicelib.queues.local import LocalQueue
 from chalicelib.queues.sqs import SqsQueue
 from chalicelib.settings import Settings
 from db.cli import main
-from db.store import Store
+from db.decoders import decode_batch
+from db.metrics import Metrics
+from db.rows import Batch
+from db.store import Store, WriteStats
 from db.worker import Limits, Worker
 from tests.conftest import free_port
-from tests.kit import drain, send
+from tests.kit import drain, send, tune_message
 from tests.ops_kit import bodies, read_queue
 
 DEADLINE_SECONDS = 60
@@ -113,6 +117,20 @@ def _wait_scrape(port: int, proc: subprocess.Popen[str], ready: Callable[[dict[s
         if time.monotonic() > deadline:
             raise AssertionError("metrics never showed the expected values")
         time.sleep(0.1)
+
+
+def test_newest_event_time_skips_events_without_one() -> None:
+    """An event without a time must not hide the others' times, whether its empty event_time is None
+    or, in rows built for binding (the worker's), binding.NULL, a NaN."""
+    body = tune_message([{"action": "click"}, {"action": "click", "datetime": "2026-11-28 04:00:00"}])
+    plain = Batch()
+    plain.add_message("m1", body, 1)
+    bound = decode_batch([("m1", body, 1)], 1 << 20, 1_800_000_000)
+    assert bound.bound and not plain.bound
+    for batch in (plain, bound):
+        registry = CollectorRegistry()
+        Metrics(registry).batch_written([], batch, WriteStats(), 0.01)
+        assert registry.get_sample_value("tune_firehose_newest_event_timestamp_seconds") == 1_795_838_400
 
 
 def test_metrics_endpoint_counters_move(tmp_path: Path) -> None:

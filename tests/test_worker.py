@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from bench.drain import child_pids
+from bench.generate import Generator
 from chalicelib.queues.local import LocalQueue
 from db.decoders import Decoder, InlineDecoder, ProcessDecoder, _read_frame, _write_frame, decode_batch, serve
 from db.rows import Batch
-from db.store import Store
+from db.store import TABLES, Store
 from db.worker import Limits, Worker
 from tests.kit import deliver, drain, one, rows, tune_message
 
@@ -31,6 +32,15 @@ def decoder(request: pytest.FixtureRequest) -> Iterator[Decoder]:
     made: Decoder = InlineDecoder() if request.param == "inline" else ProcessDecoder()
     yield made
     made.close()
+
+
+def as_stored(batch: Batch) -> list[list[tuple[object, ...]]]:
+    """A batch's rows as the database holds them: NaN (binding.NULL, how the helper sends empty
+    columns) and None are both NULL. (NaN != NaN, so rows holding it never compare equal.)"""
+    return [
+        [tuple(None if v != v else v for v in row) for row in rows]
+        for rows in (batch.events, batch.adjustments, batch.envelopes, batch.rejects)
+    ]
 
 
 def ev(i: int, **extra) -> dict:  # type: ignore[no-untyped-def,type-arg]
@@ -143,7 +153,7 @@ def test_a_dead_helper_is_replaced_and_its_batch_decoded_here(local_queue: Local
         assert got == decode_batch(items, 1 << 20, 1_700_000_000)
         again = decoder.submit(items, 1 << 20, 1_700_000_000).whole()
         assert decoder.pid != first  # a new helper took over...
-        assert again == got  # ...and decodes the same
+        assert as_stored(again) == as_stored(got)  # ...and decodes the same
 
 
 def test_helper_protocol_one_frame_per_message_then_an_end(local_queue: LocalQueue) -> None:
@@ -162,7 +172,30 @@ def test_helper_protocol_one_frame_per_message_then_an_end(local_queue: LocalQue
         frames.append(frame)
     assert frames[0] == b"" and frames[-1] == b"" and len(frames) == 2 + len(items)
     for item, frame in zip(items, frames[1:-1], strict=True):
-        assert Batch(*marshal.loads(frame)) == decode_batch([item], 1 << 20, 1_700_000_000)  # noqa: S302 - the helper's own output
+        sent = Batch(*marshal.loads(frame))  # noqa: S302 - the helper's own output
+        assert as_stored(sent) == as_stored(decode_batch([item], 1 << 20, 1_700_000_000))
+
+
+def test_rows_built_for_binding_store_the_same_values(tmp_path: Path) -> None:
+    """The worker's decoders build rows with empty columns as binding.NULL (`Batch.bound`), so the
+    writer binds them as they are. The database must then hold exactly what the ordinary rows give."""
+    events = Generator(7).events(600)  # the benchmark's mix: every kind of event, updates, duplicates
+    events[5] = {"tune_event_id": "no-action"}  # and a reject
+    items = [(f"m{i}", tune_message(events[i : i + 100]), 1) for i in range(0, len(events), 100)]
+    plain = Batch()  # rows as other callers build them, with None
+    for message_id, body, receive_count in items:
+        plain.add_message(message_id, body, receive_count, 1 << 25, 1_700_000_000)
+    bound = decode_batch(items, 1 << 25, 1_700_000_000)  # the worker's, whichever decoder
+    assert bound.bound and not plain.bound
+    assert not [v for row in bound.events for v in row if v is None]  # nothing left for `bindable` to do
+    assert as_stored(bound) == as_stored(plain)
+    for name, batch in (("plain", plain), ("bound", bound)):
+        store = Store.open(tmp_path / f"{name}.db")
+        store.write(batch)
+        store.close()
+    for table in TABLES:
+        stored = rows(tmp_path / "plain.db", f"SELECT * FROM {table} ORDER BY 1")
+        assert stored and stored == rows(tmp_path / "bound.db", f"SELECT * FROM {table} ORDER BY 1")
 
 
 def _alive(pid: int) -> bool:

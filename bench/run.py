@@ -475,9 +475,10 @@ events per queue message.{repeats_note(r.get("repeats"))}{load_note(r.get("load"
   which decodes in a helper process while the worker writes, each message's rows written as they
   arrive) in its own process on
   a local queue file already holding the events, into a fresh database with every migration; timed
-  from the worker's first receive to the drained exit, like the baselines, which time neither
-  opening their files nor creating the schema: the helper has started (about 0.2 s, once per
-  worker run) and the queue and database are open. The helper builds each row with its empty
+  from the worker's first receive until the drained database is closed (its last WAL checkpoint
+  included), like the baselines, which time neither opening their files nor creating the schema,
+  and time their close: the helper has started (about 0.2 s, once per worker run) and the queue
+  and database are open. The helper builds each row with its empty
   columns already as NaN, the form the store binds fastest (`Batch.bound`), so the worker itself
   does not convert them. The row "decoding inline" is one drain with `--decode inline`: what the helper buys. The
   {large:,}-event drain stored {dl["stored_events"]:,} events, {dl["adjustments"]:,} adjustments and
@@ -487,7 +488,7 @@ events per queue message.{repeats_note(r.get("repeats"))}{load_note(r.get("load"
   `binding.bindable`), then only
   `BEGIN IMMEDIATE`, `executemany` of the store's own INSERT statements and `COMMIT`,
   {messages_per_batch(limits)} messages per transaction, through `Store.open` (same schema, same
-  PRAGMAs). Measured a second time without the secondary indexes of `events`
+  PRAGMAs), and the close that checkpoints the WAL. Measured a second time without the secondary indexes of `events`
   ({rate(r["ceiling_bare"]):,.0f} events/s), to show what they cost; that figure is not a baseline.
 - **Naive consumer** (`bench/baselines.py`): one event per message, `receive(1)`, one INSERT and
   COMMIT per event, one delete per message, on the same local queue and the same schema, through

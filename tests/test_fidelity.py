@@ -9,8 +9,11 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from chalicelib.queues.local import LocalQueue
+from db.coerce import _iso_utc, iso_utc
 from tests.kit import deliver, drain, one, rows
 
 CLICK = {
@@ -300,3 +303,17 @@ def test_lone_surrogate_is_a_reject_not_a_crash(local_queue: LocalQueue, db: Pat
     assert rows(db, "SELECT tune_event_id FROM events") == [("s2",)]
     [(reason, raw)] = rows(db, "SELECT reason, raw FROM rejects")
     assert "lone UTF-16 surrogate" in reason and json.loads(raw)["aff_sub"] == "\ud800"
+
+
+@given(st.integers(min_value=-62_135_596_800 - 86_400 * 2, max_value=253_402_300_799 + 86_400 * 2))
+@example(0)
+@example(-1)
+@example(86_399)
+@example(-62_135_596_800)  # 0001-01-01T00:00:00Z, the first second to_epoch accepts
+@example(253_402_300_799)  # 9999-12-31T23:59:59Z, the last
+@example(253_402_300_800)
+@example(10**20)
+def test_event_time_utc_is_spelt_as_strftime_spells_it(epoch: int) -> None:
+    """`iso_utc` formats the time of day itself (datetime formatting per event was a tenth of the
+    decoding time); it must equal strftime's spelling everywhere, out-of-range included (None)."""
+    assert iso_utc(epoch) == _iso_utc(epoch)

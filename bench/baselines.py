@@ -21,8 +21,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from chalicelib.codec import DEFAULT_MAX_DECODED_BYTES
 from chalicelib.queues.local import LocalQueue
 from db.binding import bindable
+from db.decoders import decode_batch
 from db.rows import Batch
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
 
@@ -35,10 +37,7 @@ def built(queue_path: Path, messages_per_batch: int) -> Iterator[Batch]:
     try:
         cursor = db.execute("SELECT message_id, body FROM messages ORDER BY seq")
         while chunk := cursor.fetchmany(messages_per_batch):
-            batch = Batch()
-            for message_id, body in chunk:
-                batch.add_message(message_id, body, 1, None, NOW)
-            yield batch
+            yield decode_batch([(message_id, body, 1) for message_id, body in chunk], DEFAULT_MAX_DECODED_BYTES, NOW)
     finally:
         db.close()
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from chalicelib.codec import CodecError, decode_body, dump_event_text, event_problem
 
-from .binding import NULL
+from .binding import NULL, to_null
 from .coerce import INT64_MAX, INT64_MIN, FieldError, iso_utc, strict_int, to_bool, to_epoch, to_int, to_micros, to_text
 
 MAX_EVENT_BYTES = 1024 * 1024
@@ -133,7 +133,6 @@ _HEAD_COLUMNS = 8  # tune_event_id .. num, filled first
 _MONEY_AT = EVENT_COLUMNS.index("payout_micros")
 _EMPTY_EVENT_ROW: list[Any] = [None] * len(EVENT_COLUMNS)
 _BOUND_EVENT_ROW: list[Any] = [NULL] * len(EVENT_COLUMNS)
-_TO_NULL = {None: NULL}.get
 assert EVENT_COLUMNS[_MONEY_AT : _MONEY_AT + len(MONEY_FIELDS)] == [f"{m}_micros" for m in MONEY_FIELDS]
 assert EVENT_COLUMNS[_HEAD_COLUMNS - 1] == "num" and EVENT_COLUMNS[-3:] == ["raw_json", "message_id", "ingested_at"]
 
@@ -161,7 +160,7 @@ def event_row(
     )
     money = _money(event)
     if bound:  # the columns filled for every event, often with None
-        head, money = map(_TO_NULL, head, head), map(_TO_NULL, money, money)
+        head, money = map(to_null, head, head), map(to_null, money, money)
     row[:_HEAD_COLUMNS] = head
     slots = _FIELD_SLOTS
     for name, value in event.items():

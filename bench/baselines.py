@@ -24,9 +24,9 @@ from typing import Any
 from chalicelib.codec import DEFAULT_MAX_DECODED_BYTES
 from chalicelib.queues.local import LocalQueue
 from db.binding import bindable
-from db.decoders import decode_batch
-from db.rows import Batch
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
+from worker.decoders import decode_batch
+from worker.rows import Batch
 
 NOW = 1_790_000_000
 

@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.queues.local import LocalQueue
-from db.decoders import DECODE_CHOICES, make_decoder
 from db.store import Store
-from db.worker import Limits, Worker
+from worker.decoders import DECODE_CHOICES, make_decoder
+from worker.loop import Limits, Worker
 
 
 def drain(queue_path: str, db_path: str, profile: str | None = None, decode: str = "auto") -> dict[str, Any]:

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from db.worker import Limits
+from worker.loop import Limits
 
 from . import baselines, data
 from .endpoint import endpoint_work

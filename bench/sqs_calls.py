@@ -22,7 +22,7 @@ from chalicelib.ingest import accept
 from chalicelib.queues.sqs import SqsQueue
 from chalicelib.settings import load_settings
 from db.store import Store
-from db.worker import Limits, Worker
+from worker.loop import Limits, Worker
 
 from .endpoint import bodies_of
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .store import DatabaseFault
+from db.store import DatabaseFault
 
 MOUNTS_PATH = "/proc/self/mounts"
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .binding import bindable
-from .rows import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Batch, Incoming
-from .schema import migrate
+from db.batch import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Incoming, Rows
+from db.binding import bindable
+from db.schema import migrate
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ TABLES = ("events", "adjustments", "envelopes", "rejects")
 
 
 def _insert(table: str, columns: list[str]) -> str:
-    # Identifiers come from the constant column lists in rows.py, never from input.
+    # Identifiers come from the constant column lists in db/batch.py, never from input.
     return f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING"
 
 
@@ -117,7 +117,7 @@ class Store:
             raise DatabaseFault(f"cannot open database {path}: {exc}{_why_unwritable(path)}") from exc
         return cls(db, path)
 
-    def write(self, batch: Batch | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+    def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
         """Write the whole batch in one transaction; wait out locks held by other processes
         until `give_up()` says stop. An `Incoming` batch is written part by part as it arrives."""
         attempt = 0
@@ -139,7 +139,7 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
 
-    def _write_once(self, parts: Iterable[Batch]) -> WriteStats:
+    def _write_once(self, parts: Iterable[Rows]) -> WriteStats:
         db = self.db
         stats = WriteStats()
         db.execute("BEGIN IMMEDIATE")
@@ -153,7 +153,7 @@ class Store:
             raise
         return stats
 
-    def _insert(self, batch: Batch) -> WriteStats:
+    def _insert(self, batch: Rows) -> WriteStats:
         db = self.db
         bind = _as_built if batch.bound else bindable
         events = db.executemany(INSERT_EVENTS, bind(batch.events)).rowcount if batch.events else 0

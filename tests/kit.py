@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.queues.base import Queue
-from db.decoders import Decoder
 from db.store import Store
-from db.worker import Limits, Worker
+from worker.decoders import Decoder
+from worker.loop import Limits, Worker
 
 
 def tune_message(events: list[Any], **control: Any) -> str:

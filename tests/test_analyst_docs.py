@@ -36,7 +36,7 @@ def test_datasette_metadata_names_only_real_tables_and_columns(demo_db: Path) ->
 
 
 def readme_queries() -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "data.md").read_text()
     section = text.split("## Querying the data", 1)[1].split("\n## ", 1)[0]
     return re.findall(r"```sql\n(.*?)```", section, flags=re.S)
 

@@ -24,7 +24,6 @@ from bench.generate import Generator
 from chalicelib.codec import decode_body
 from chalicelib.queues.local import LocalQueue
 from db.store import Store
-from db.worker import Limits, Worker
 from tests.faultkit import (
     Expected,
     WorkerProcess,
@@ -38,6 +37,7 @@ from tests.faultkit import (
     tmpfs,
     wait_for,
 )
+from worker.loop import Limits, Worker
 
 EXIT_DB_FAULT = 3
 

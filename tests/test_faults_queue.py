@@ -306,7 +306,7 @@ class _FlakyDepth:
 def test_until_empty_survives_a_failing_depth_check(local_queue: Any, tmp_path: Path) -> None:
     """--until-empty asks for the queue depth before it exits; an outage then must not crash it."""
     from db.store import Store
-    from db.worker import Limits, Worker
+    from worker.loop import Limits, Worker
 
     events = Generator(63).events(500)
     for body, _ in pack(events, 100):
@@ -341,7 +341,7 @@ def test_worker_backs_off_while_the_queue_is_down(tmp_path: Path) -> None:
     """When even botocore's retries give up, the worker's own loop waits longer and longer
     between attempts (1 s, 2 s, 4 s...) instead of spinning: over about 4 s, a handful of calls."""
     from db.store import Store
-    from db.worker import Limits, Worker
+    from worker.loop import Limits, Worker
 
     queue = _DownQueue()
     store = Store.open(tmp_path / "firehose.db")

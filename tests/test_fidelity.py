@@ -13,8 +13,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from chalicelib.queues.local import LocalQueue
-from db.coerce import _iso_utc, iso_utc
 from tests.kit import deliver, drain, one, rows
+from worker.coerce import _iso_utc, iso_utc
 
 CLICK = {
     "action": "click",

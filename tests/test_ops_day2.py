@@ -11,17 +11,17 @@ from typing import Any
 
 import pytest
 
-import db.rows as rows
+import worker.rows as rows
 from chalicelib.codec import CodecError, Decoded
 from chalicelib.queues.local import LocalQueue
 from chalicelib.queues.sqs import SqsQueue
 from chalicelib.settings import Settings
-from db.backup import backup
-from db.cli import main
-from db.rows import Batch
+from commands.backup import backup
+from commands.cli import main
 from db.store import Store
 from tests.kit import drain, send, sqs_depth
 from tests.ops_kit import bodies, count, domain
+from worker.rows import Batch
 
 # -- backup ------------------------------------------------------------------------------------
 

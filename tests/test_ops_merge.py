@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from chalicelib.queues.local import LocalQueue
-from db.cli import main
-from db.merge import merge
+from commands.cli import main
+from commands.merge import merge
 from db.store import Store
-from db.worker import Limits, Worker
 from tests.kit import drain, send
 from tests.ops_kit import bodies, count, domain, read_queue
+from worker.loop import Limits, Worker
 
 DEADLINE_SECONDS = 60  # a bound on waiting, never an assertion about speed
 

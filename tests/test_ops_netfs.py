@@ -8,7 +8,7 @@ import pytest
 
 import db.netfs as netfs
 from chalicelib.queues.local import LocalQueue
-from db.cli import main
+from commands.cli import main
 from db.netfs import NetworkFileSystem, check_local, mount_of
 from tests.kit import send
 from tests.ops_kit import bodies, count

@@ -18,15 +18,15 @@ from prometheus_client import CollectorRegistry
 from chalicelib.queues.local import LocalQueue
 from chalicelib.queues.sqs import SqsQueue
 from chalicelib.settings import Settings
-from db.cli import main
-from db.decoders import decode_batch
-from db.metrics import Metrics
-from db.rows import Batch
+from commands.cli import main
 from db.store import Store, WriteStats
-from db.worker import Limits, Worker
 from tests.conftest import free_port
 from tests.kit import drain, send, tune_message
 from tests.ops_kit import bodies, read_queue
+from worker.decoders import decode_batch
+from worker.loop import Limits, Worker
+from worker.metrics import Metrics
+from worker.rows import Batch
 
 DEADLINE_SECONDS = 60
 

@@ -31,8 +31,8 @@ from chalicelib.codec import decode_body
 from chalicelib.queues.local import LocalQueue
 from chalicelib.settings import load_settings
 from db.store import Store
-from db.worker import Limits, Worker
 from tests.faultkit import Expected, assert_exactly_once, tune_body
+from worker.loop import Limits, Worker
 
 MB = 1024 * 1024
 BOMB_INFLATED = 100 * MB

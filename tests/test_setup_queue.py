@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from db.cli import main
-from db.setup_queue import TUNE_SENDER_ARN, Options, setup_queue
+from commands.cli import main
+from commands.setup_queue import TUNE_SENDER_ARN, Options, setup_queue
 
 
 @pytest.fixture()

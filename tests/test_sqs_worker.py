@@ -16,11 +16,11 @@ import pytest
 from chalicelib.queues.base import Message
 from chalicelib.queues.sqs import SqsQueue, make_client
 from chalicelib.settings import Settings
-from db.rows import Batch
 from db.store import DatabaseFault, Store, WriteStats
-from db.worker import EXIT_DB_FAULT, Limits, Worker
 from tests.conftest import free_port
 from tests.kit import one, rows, tune_message
+from worker.loop import EXIT_DB_FAULT, Limits, Worker
+from worker.rows import Batch
 
 
 def ev(i: int, **extra: Any) -> dict[str, Any]:

@@ -17,11 +17,11 @@ import pytest
 from bench.drain import child_pids
 from bench.generate import Generator
 from chalicelib.queues.local import LocalQueue
-from db.decoders import Decoder, InlineDecoder, ProcessDecoder, _read_frame, _write_frame, decode_batch, serve
-from db.rows import Batch
 from db.store import TABLES, Store
-from db.worker import Limits, Worker
 from tests.kit import deliver, drain, one, rows, tune_message
+from worker.decoders import Decoder, InlineDecoder, ProcessDecoder, _read_frame, _write_frame, decode_batch, serve
+from worker.loop import Limits, Worker
+from worker.rows import Batch
 
 ROOT = Path(__file__).resolve().parent.parent
 

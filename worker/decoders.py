@@ -29,7 +29,8 @@ from pathlib import Path
 from queue import SimpleQueue
 from typing import IO, Protocol
 
-from .rows import Batch, Incoming
+from db.batch import Incoming
+from worker.rows import Batch
 
 try:
     import fcntl
@@ -150,12 +151,8 @@ def _widen_pipe(stream: IO[bytes] | None) -> None:
 class _Helper:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                "import sys; sys.path.insert(0, sys.argv[1]); from db.decoders import helper_main; helper_main()",
-                str(_ROOT),
-            ],
+            [sys.executable, "-m", "worker.decoders"],
+            cwd=_ROOT,  # where `worker` is importable from, whatever the worker's own directory
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
         )
@@ -285,3 +282,7 @@ def make_decoder(choice: str = "auto") -> Decoder:
     if choice == "auto":
         choice = "process" if (os.cpu_count() or 1) > 1 else "inline"
     return ProcessDecoder().start() if choice == "process" else InlineDecoder()
+
+
+if __name__ == "__main__":
+    helper_main()

@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from chalicelib.queues import Depth, Message
-
-    from .rows import Batch
-    from .store import WriteStats
-    from .worker import Totals
+    from db.batch import Rows
+    from db.store import WriteStats
+    from worker.loop import Totals
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -64,7 +63,7 @@ class BatchLog:
         self.every_seconds = every_seconds
         self._last = time.monotonic()
 
-    def batch_written(self, messages: list[Message], batch: Batch, stats: WriteStats, commit_seconds: float) -> None:
+    def batch_written(self, messages: list[Message], batch: Rows, stats: WriteStats, commit_seconds: float) -> None:
         self.log.info(
             "batch committed",
             extra={

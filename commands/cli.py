@@ -11,12 +11,13 @@ from typing import Protocol
 
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings, SettingsError, load_settings
-
-from . import backup, logs, merge, netfs, redrive, reprocess, setup_queue, status
-from .decoders import DECODE_CHOICES, make_decoder
-from .schema import SchemaTooNew
-from .store import DatabaseFault, Store
-from .worker import Limits, Observer, Worker
+from commands import backup, merge, redrive, reprocess, setup_queue, status
+from db import netfs
+from db.schema import SchemaTooNew
+from db.store import DatabaseFault, Store
+from worker import logs
+from worker.decoders import DECODE_CHOICES, make_decoder
+from worker.loop import Limits, Observer, Worker
 
 EXIT_USAGE = 2
 
@@ -42,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         observers.append(logs.BatchLog())
     metrics = None
     if args.metrics_port is not None:
-        from .metrics import Metrics  # prometheus_client is needed only with --metrics-port
+        from worker.metrics import Metrics  # prometheus_client is needed only with --metrics-port
 
         metrics = Metrics()
         try:

@@ -21,10 +21,9 @@ from types import FrameType
 from typing import Protocol, TextIO
 
 from chalicelib.queues import Depth, Message, Queue, QueueUnavailable
-
-from .decoders import Decoder, InlineDecoder, decode_batch
-from .rows import Batch, Incoming
-from .store import DatabaseFault, Store, WriteStats
+from db.batch import Incoming, Rows
+from db.store import DatabaseFault, Store, WriteStats
+from worker.decoders import Decoder, InlineDecoder, decode_batch
 
 log = logging.getLogger("tune_firehose.worker")
 
@@ -55,9 +54,7 @@ class Totals:
 class Observer(Protocol):
     """Something that watches the worker: metrics, structured logs."""
 
-    def batch_written(
-        self, messages: list[Message], batch: Batch, stats: WriteStats, commit_seconds: float
-    ) -> None: ...
+    def batch_written(self, messages: list[Message], batch: Rows, stats: WriteStats, commit_seconds: float) -> None: ...
 
     def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None: ...
 

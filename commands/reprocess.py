@@ -19,10 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.settings import Settings
-
-from .netfs import check_local
-from .rows import Batch
-from .store import (
+from db.netfs import check_local
+from db.store import (
     INSERT_ADJUSTMENTS,
     INSERT_ENVELOPES,
     INSERT_EVENTS,
@@ -30,6 +28,7 @@ from .store import (
     DatabaseFault,
     Store,
 )
+from worker.rows import Batch
 
 log = logging.getLogger("tune_firehose.reprocess")
 

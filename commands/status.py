@@ -17,8 +17,7 @@ from typing import Any
 
 from chalicelib.queues import QueueUnavailable, open_queue
 from chalicelib.settings import Settings
-
-from .store import TABLES, connect
+from db.store import TABLES, connect
 
 NAME = "status"
 HELP = "show queue depth, dead letters, rows per table, newest event and lag, last rejects"

@@ -27,10 +27,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.settings import Settings
-
-from .netfs import check_local
-from .schema import LATEST_VERSION, SchemaTooNew, migrate
-from .store import BUSY_TIMEOUT_MS, DatabaseFault
+from db.netfs import check_local
+from db.schema import LATEST_VERSION, SchemaTooNew, migrate
+from db.store import BUSY_TIMEOUT_MS, DatabaseFault
 
 log = logging.getLogger("tune_firehose.merge")
 

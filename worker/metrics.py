@@ -25,14 +25,13 @@ from prometheus_client import (
     start_http_server,
 )
 
-from .rows import EVENT_COLUMNS
+from db.batch import EVENT_COLUMNS
 
 if TYPE_CHECKING:
     from chalicelib.queues import Depth, Message
-
-    from .rows import Batch
-    from .store import WriteStats
-    from .worker import Totals
+    from db.batch import Rows
+    from db.store import WriteStats
+    from worker.loop import Totals
 
 log = logging.getLogger("tune_firehose.metrics")
 
@@ -110,7 +109,7 @@ class Metrics:
 
     # -- worker observer ---------------------------------------------------------------------
 
-    def batch_written(self, messages: list[Message], batch: Batch, stats: WriteStats, commit_seconds: float) -> None:
+    def batch_written(self, messages: list[Message], batch: Rows, stats: WriteStats, commit_seconds: float) -> None:
         self.messages.inc(len(messages))
         self.events.inc(stats.events)
         self.duplicates.labels("event").inc(stats.duplicates)

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.settings import Settings
-
-from .store import DatabaseFault, connect
+from db.store import DatabaseFault, connect
 
 NAME = "backup"
 HELP = "copy the database consistently while workers run (SQLite online backup API)"

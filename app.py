@@ -1,22 +1,33 @@
 """tune-firehose endpoint: routes only; chalicelib/ decides everything."""
 
-from chalice import Chalice, Response
+import logging
 
-from chalicelib.ingest import ENCODED_TYPES, accept
+from chalice.app import Chalice, Request, Response
+
+from chalicelib.ingest import ENCODED_TYPES, serve
 from chalicelib.runtime import Runtime
 
 app = Chalice(app_name="tune-firehose")
+# Lambda's root logger passes WARNING and up; the one-line record per request is INFO.
+logging.getLogger("tune_firehose").setLevel(logging.INFO)
 app.api.binary_types.extend(sorted(ENCODED_TYPES - {"text/plain"}))
 runtime = Runtime()
-runtime.settings  # noqa: B018 - a bad setting fails the cold start, not the first request
+# A bad setting, or a Lambda without FIREHOSE_TOKEN, fails the cold start, not the first request.
+runtime.settings  # noqa: B018
+
+
+def _current() -> Request:
+    request = app.current_request
+    assert request is not None, "Chalice sets current_request before calling a route"
+    return request
 
 
 @app.route("/events", methods=["POST"], content_types=["*/*"])
 def post_events() -> Response:
-    request = app.current_request
+    request = _current()
     raw = request.raw_body
     body = raw if isinstance(raw, bytes) else (raw or "").encode("utf-8")
-    reply = accept(dict(request.headers), body, runtime.settings, runtime.queue)
+    reply = serve(dict(request.headers), body, runtime)
     return Response(body=reply.body, status_code=reply.status, headers={"Content-Type": "application/json"})
 
 

@@ -23,7 +23,6 @@ from typing import Any
 
 from chalicelib.codec import DEFAULT_MAX_DECODED_BYTES
 from chalicelib.queues.local import LocalQueue
-from db.binding import bindable
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
 from worker.decoders import decode_batch
 from worker.rows import Batch
@@ -60,8 +59,8 @@ def ceiling(batches: Iterable[Batch], db_path: Path, without_indexes: bool = Fal
     """Time only BEGIN, executemany and COMMIT per batch into a fresh database, and its close (the
     last WAL checkpoint).
 
-    The rows are handed over exactly as the store binds them (`binding.bindable`, applied untimed
-    just before each batch; building them, when `batches` is `built`, is untimed too).
+    The rows are handed over exactly as the worker builds them and the store binds them (building
+    them, when `batches` is `built`, is untimed).
     `without_indexes` drops the secondary indexes of `events` first: what the analysts' indexes cost.
     """
     store = Store.open(db_path)
@@ -77,9 +76,7 @@ def ceiling(batches: Iterable[Batch], db_path: Path, without_indexes: bool = Fal
         build_seconds += time.perf_counter() - built_at  # decoding, when `batches` is `built`
         if b is None:
             break
-        rows, adjustments, envelopes, rejects = (
-            list(bindable(r)) for r in (b.events, b.adjustments, b.envelopes, b.rejects)
-        )
+        rows, adjustments, envelopes, rejects = b.events, b.adjustments, b.envelopes, b.rejects
         events += len(rows) + len(adjustments) + len(rejects)
         started = time.perf_counter()
         db.execute("BEGIN IMMEDIATE")

@@ -26,7 +26,7 @@ from typing import Any
 
 from worker.loop import Limits
 
-from . import baselines, data
+from . import baselines, data, durability, memory
 from .endpoint import endpoint_work
 from .latency import measure_latency
 from .sqs_calls import count_sqs_calls
@@ -277,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         latency = measure_latency(endpoint_events[: n(20_000)], work)
         log(f"  p50 {latency['p50'] * 1000:.0f} ms, p99 {latency['p99'] * 1000:.0f} ms")
     results["latency"] = latency
+    log(f"durability: the worker draining {medium:,} events with synchronous=FULL (as shipped) and NORMAL")
+    results["durability"] = durability.measure(work, medium, log=log)
+    log("peak memory of the worker and its helper, by message shape (the hostile ones of issue 12)")
+    results["memory"] = memory.measure(work, args.scale)
     results["total_seconds"] = time.perf_counter() - started
     results["load"] = other_load(busy_before, results["total_seconds"])
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -494,13 +498,12 @@ events per queue message.{repeats_note(r.get("repeats"))}{load_note(r.get("load"
   included), like the baselines, which time neither opening their files nor creating the schema,
   and time their close: the helper has started (about 0.2 s, once per worker run) and the queue
   and database are open. The helper builds each row with its empty
-  columns already as NaN, the form the store binds fastest (`Batch.bound`), so the worker itself
-  does not convert them. The row "decoding inline" is one drain with `--decode inline`: what the helper buys. The
+  columns already as NaN, the form SQLite binds fastest (`worker/rows.py`), and the store binds
+  them as they are. The row "decoding inline" is one drain with `--decode inline`: what the helper buys. The
   {large:,}-event drain stored {dl["stored_events"]:,} events, {dl["adjustments"]:,} adjustments and
   absorbed {dl["duplicates"]:,} duplicates.
 - **Ceiling** (`bench/baselines.py`): the same messages turned into the same row tuples
-  beforehand (untimed, and in the form the store binds fastest: empty columns as NaN, by
-  `binding.bindable`), then only
+  beforehand (untimed, exactly as the worker builds them: empty columns as NaN), then only
   `BEGIN IMMEDIATE`, `executemany` of the store's own INSERT statements and `COMMIT`,
   {messages_per_batch(limits)} messages per transaction, through `Store.open` (same schema, same
   PRAGMAs), and the close that checkpoints the WAL. Measured a second time without the secondary indexes of `events`
@@ -552,7 +555,7 @@ BEGIN and COMMIT) took {_sqlite_us(d[small]):,.0f}, {_sqlite_us(d[medium]):,.0f}
 ```
 {profile}
 ```
-"""
+{durability.section(r.get("durability"))}{memory.section(r.get("memory"))}"""
 
 
 def ceiling_rates(r: dict[str, Any]) -> list[float]:

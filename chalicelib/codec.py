@@ -12,31 +12,34 @@ import binascii
 import gzip
 import json
 import math
+import re
+import secrets
 import time
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
+# Re-exported: the worker and the tests catch these from here; chalicelib.errors is their home.
+from .errors import BodyTooLarge as BodyTooLarge
+from .errors import CodecError as CodecError
+from .errors import EventTooLarge as EventTooLarge
+
 try:  # orjson writes these events ~4x faster; dump_event* fall back to json where they would differ
     import orjson as _orjson
 except ImportError:  # pragma: no cover - orjson is a listed dependency, but optional
-    _orjson = None  # type: ignore[assignment]
+    _orjson = None  # type: ignore[assignment]  # the module is optional: None means fall back to json
 
 GZIP_MAGIC = b"\x1f\x8b"
 # wbits=47 (32 + 15): zlib auto-detects a gzip or zlib header.
 _AUTO_HEADER_WBITS = 47
-DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024
-MAX_EVENT_BYTES = 1024 * 1024  # one event's JSON; the worker rejects larger ones too
+# The limits of the wire format, defined here only (settings, the endpoint and the worker import them).
+DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024  # a message or body, inflated: MAX_DECODED_BYTES' default
+MAX_EVENT_BYTES = 1024 * 1024  # one event's JSON as this module writes it; the worker rejects larger ones too
+# How deep the endpoint lets an event nest. Far below every parser's and serialiser's own limit (orjson
+# writes 254 levels; json's depends on the stack), so what the endpoint accepts the worker can always read.
+MAX_EVENT_DEPTH = 100
 ENVELOPE_EVENTS_KEY = "events"
 PRODUCER = "tune-firehose"
-
-
-class CodecError(ValueError):
-    """A body that cannot be decoded; the message says what is wrong and where."""
-
-
-class EventTooLarge(CodecError):
-    """One event alone does not fit in a queue message."""
 
 
 @dataclass
@@ -56,7 +59,7 @@ def inflate(data: bytes, max_bytes: int) -> bytes:
     except zlib.error as exc:
         raise CodecError(f"gzip data is corrupt: {exc}") from None
     if len(out) > max_bytes or inflater.unconsumed_tail:
-        raise CodecError(f"decompressed body exceeds the limit of {max_bytes} bytes")
+        raise BodyTooLarge(f"decompressed body exceeds the limit of {max_bytes} bytes")
     if not inflater.eof:
         raise CodecError("gzip data is truncated")
     return out
@@ -76,7 +79,8 @@ def _unbase64(text: str) -> bytes:
 
 def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> bytes:
     """Strip the transport layers (base64, gzip) and return the JSON document's bytes."""
-    raw = body.encode("utf-8") if isinstance(body, str) else bytes(body)
+    # surrogatepass: a str body holding a lone surrogate becomes bytes that fail as "not valid UTF-8"
+    raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     stripped = raw.strip()
     if not stripped:
         raise CodecError("body is empty")
@@ -84,7 +88,7 @@ def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_B
         return inflate(stripped, max_bytes)
     if stripped[:1] in (b"{", b"["):
         if len(stripped) > max_bytes:
-            raise CodecError(f"JSON body exceeds the limit of {max_bytes} bytes")
+            raise BodyTooLarge(f"JSON body exceeds the limit of {max_bytes} bytes")
         return stripped
     try:
         text = stripped.decode("ascii")
@@ -100,6 +104,8 @@ def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_B
     if inner[:2] == GZIP_MAGIC or inner[:1] == b"\x78":  # gzip, or zlib's header byte
         return inflate(inner, max_bytes)
     if inner.lstrip()[:1] in (b"{", b"["):
+        if len(inner) > max_bytes:
+            raise BodyTooLarge(f"JSON body exceeds the limit of {max_bytes} bytes")
         return inner
     raise CodecError("base64 body does not hold gzip or JSON")
 
@@ -116,13 +122,36 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+class FloatText(float):
+    """A JSON number that a float cannot hold exactly, with the decimal text it was written as.
+
+    It is a float everywhere (json.dumps writes it as float.__repr__, as before); only money
+    (`worker.coerce.to_micros`) reads `text`. Never in a row: marshal refuses float subclasses.
+    """
+
+    __slots__ = ("text",)
+    text: str
+
+
+def _parse_float(text: str) -> float:
+    number = float(text)
+    # A literal of at most 16 characters has at most 15 significant digits, which a double
+    # always gives back (DBL_DIG); a longer one usually is its own shortest repr too.
+    if len(text) <= 16 or float.__repr__(number) == text:
+        return number
+    exact = FloatText(number)
+    exact.text = text
+    return exact
+
+
 def parse_json(data: bytes) -> Any:
+    """The document, each float literal a float (a `FloatText` when the float loses digits)."""
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CodecError(f"body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys)
+        return json.loads(text, object_pairs_hook=_unique_keys, parse_float=_parse_float)
     except json.JSONDecodeError as exc:
         raise CodecError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
@@ -153,9 +182,19 @@ def split_envelope(doc: Any) -> Decoded:
 
 
 def decode_body(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> Decoded:
-    """Decode a queue message body in any accepted form into its events and control fields."""
+    """Decode a queue message body in any accepted form into its events and control fields.
+
+    Whatever the body holds, the only exception is CodecError (the worker turns it into a reject).
+    """
     data = body_to_json_bytes(body, max_bytes)
     return _decode_canonical(data) or split_envelope(parse_json(data))
+
+
+# While orjson parses a document and writes its events back, it holds about 15 times the document
+# (its parser's pool, and a buffer per written event); the full path holds about 3 times. Above this
+# the worker takes the full path, so a 32 MiB message cannot take it past its memory bound
+# (bench/memory.py). TUNE's messages, about 100 events, are far below it.
+FAST_PATH_MAX_BYTES = 1024 * 1024
 
 
 def _decode_canonical(data: bytes) -> Decoded | None:
@@ -165,9 +204,10 @@ def _decode_canonical(data: bytes) -> Decoded | None:
     what `parse_json` + `split_envelope` would return: no key was named twice (a dropped pair would
     shorten the output), no integer became a float, every float is the one its text spells, and
     the `events` list is the envelope's. Anything else (other spacing, escapes, a big integer, an
-    invalid document) takes the full path, which also words the errors.
+    invalid document, a value it cannot re-serialise) takes the full path, which also words the
+    errors; so this function returns None rather than raise.
     """
-    if _orjson is None:
+    if _orjson is None or len(data) > FAST_PATH_MAX_BYTES:
         return None
     try:
         doc = _orjson.loads(data)
@@ -182,12 +222,12 @@ def _decode_canonical(data: bytes) -> Decoded | None:
     try:
         dumped = [_orjson.dumps(e) for e in events]
         head = _orjson.dumps(control)[:-1] + (b',"events":[' if control else b'"events":[')
-    except TypeError:
+        if head + b",".join(dumped) + b"]}" != data:
+            return None
+        # What `dump_event_text` returns for each, without dumping it a second time.
+        raw = [d.decode("utf-8") if _same_with_orjson(e) else _std_json(e) for e, d in zip(events, dumped, strict=True)]
+    except (TypeError, ValueError, RecursionError):  # orjson cannot write it, or json runs out of stack
         return None
-    if head + b",".join(dumped) + b"]}" != data:
-        return None
-    # What `dump_event_text` returns for each, without dumping it a second time.
-    raw = [d.decode("utf-8") if _same_with_orjson(e) else _std_json(e) for e, d in zip(events, dumped, strict=True)]
     return Decoded(events=events, control=control, raw=raw)
 
 
@@ -204,7 +244,7 @@ def event_problem(event: Any) -> str | None:
 
 
 def validate_events(events: list[Any]) -> None:
-    """Raise CodecError naming the first bad event (by index) and why."""
+    """Raise CodecError naming the first bad event (by index) and why (`pack_events` checks depth)."""
     if not events:
         raise CodecError("no events in the body")
     for index, event in enumerate(events):
@@ -213,28 +253,110 @@ def validate_events(events: list[Any]) -> None:
             raise CodecError(f"event {index} {problem}")
 
 
-def encode_envelope(event_json: list[bytes], control: dict[str, Any] | None = None) -> str:
-    """base64(gzip(envelope)) from events already serialised to JSON."""
+def _too_deep(index: int, max_depth: int) -> CodecError:
+    return CodecError(f"event {index} nests objects or lists more than {max_depth} levels deep")
+
+
+def deep_event_error(data: bytes, max_depth: int = MAX_EVENT_DEPTH) -> CodecError | None:
+    """For a document `parse_json` could not read: the error naming the event nested too deeply, if
+    that is what is wrong and orjson (which reads 1,024 levels without using the stack) can tell."""
+    if _orjson is None:
+        return None
+    try:
+        events = split_envelope(_orjson.loads(data)).events
+    except (_orjson.JSONDecodeError, CodecError):
+        return None
+    for index, event in enumerate(events):
+        if _scan(event, max_depth).too_deep:
+            return _too_deep(index, max_depth)
+    return None
+
+
+def _envelope_json(event_json: list[bytes], control: dict[str, Any] | None) -> bytes:
+    """The envelope's JSON, as the worker will inflate it."""
     head = {"producer": PRODUCER, "sent_at": int(time.time()), **(control or {})}
     prefix = json.dumps(head, separators=(",", ":"))[:-1].encode() + b',"events":['
-    doc = prefix + b",".join(event_json) + b"]}"
+    return prefix + b",".join(event_json) + b"]}"
+
+
+def _tune_form(doc: bytes) -> str:
     return base64.b64encode(gzip.compress(doc, compresslevel=6, mtime=0)).decode("ascii")
+
+
+def encode_envelope(event_json: list[bytes], control: dict[str, Any] | None = None) -> str:
+    """base64(gzip(envelope)) from events already serialised to JSON."""
+    return _tune_form(_envelope_json(event_json, control))
 
 
 def _same_with_orjson(value: Any) -> bool:
     """True when orjson writes `value` byte for byte as `json.dumps(compact, ensure_ascii=False)` does.
 
     They differ only in how floats below 1e-4 or from 1e16 up are spelt (and NaN/Infinity, which
-    orjson writes as null); anything orjson cannot write raises and falls back too.
+    orjson writes as null); anything orjson cannot write raises and falls back too. `value` is any
+    JSON value, a bare number included; the walk keeps its own stack, so no depth can overflow it.
     """
-    for item in value.values() if type(value) is dict else value:
-        kind = type(item)
-        if kind is float:
-            if not (item == 0.0 or 1e-4 <= abs(item) < 1e16):
-                return False
-        elif (kind is dict or kind is list) and not _same_with_orjson(item):
-            return False
+    pending: list[Any] = [(value,)]
+    while pending:
+        container = pending.pop()
+        for item in container.values() if type(container) is dict else container:
+            kind = type(item)
+            if kind is float:
+                if not (item == 0.0 or 1e-4 <= abs(item) < 1e16):
+                    return False
+            elif kind is dict or kind is list:
+                pending.append(item)
     return True
+
+
+@dataclass(frozen=True)
+class _Scanned:
+    same_with_orjson: bool  # as `_same_with_orjson(value)`
+    too_deep: bool  # nests objects and lists more than the depth asked about (the walk stopped there)
+    float_text: bool  # holds a FloatText, whose decimal text the queue message must keep
+
+
+def _scan(value: Any, max_depth: int) -> _Scanned:
+    """What packing must know of a value, in one walk (a second would cost ~1 us an event). An
+    object or list is one level; the walk keeps its own stack, so a hostile depth costs time only."""
+    same, float_text = True, False
+    pending: list[tuple[Any, int]] = [((value,), 0)]
+    while pending:
+        container, depth = pending.pop()
+        for item in container.values() if type(container) is dict else container:
+            kind = type(item)
+            if kind is float:
+                if same and not (item == 0.0 or 1e-4 <= abs(item) < 1e16):
+                    same = False
+            elif kind is dict or kind is list:
+                if depth >= max_depth:
+                    return _Scanned(same, True, float_text)
+                pending.append((item, depth + 1))
+            elif kind is FloatText:
+                float_text = True
+    return _Scanned(same, False, float_text)
+
+
+def _json_keeping_float_text(value: Any) -> str:
+    """`_std_json(value)`, but each FloatText written as the literal it was read from, so money keeps
+    every digit on its way through the queue. json's C encoder writes any float subclass with
+    float.__repr__, so each is swapped for a marker string, and the marker for the literal after.
+    Recursive: only called on values `_scan` found at most MAX_EVENT_DEPTH deep."""
+    marker = f"float-text-{secrets.token_hex(8)}-"
+    texts: list[str] = []
+
+    def swap(item: Any) -> Any:
+        kind = type(item)
+        if kind is FloatText:
+            texts.append(item.text)
+            return f"{marker}{len(texts) - 1}"
+        if kind is dict:
+            return {key: swap(v) for key, v in item.items()}
+        if kind is list:
+            return [swap(v) for v in item]
+        return item
+
+    written = _std_json(swap(value))
+    return re.sub(f'"{marker}([0-9]+)"', lambda m: texts[int(m.group(1))], written)
 
 
 def _std_json(value: Any) -> str:
@@ -242,9 +364,9 @@ def _std_json(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
-def _fast_dump(event: Any) -> bytes | None:
-    """orjson's output when it equals the standard library's, else None."""
-    if _orjson is not None and type(event) is dict and _same_with_orjson(event):
+def _fast_dump(event: Any, same: bool | None = None) -> bytes | None:
+    """orjson's output when it equals the standard library's, else None (`same`: known already)."""
+    if _orjson is not None and type(event) is dict and (_same_with_orjson(event) if same is None else same):
         try:
             return _orjson.dumps(event)
         except TypeError:  # JSONEncodeError: a big integer, a lone surrogate, a non-string key...
@@ -259,8 +381,9 @@ def dump_event_text(event: Any) -> str:
     return fast.decode("utf-8") if fast is not None else _std_json(event)
 
 
-def dump_event(event: Any) -> bytes:
-    fast = _fast_dump(event)
+def dump_event(event: Any, same: bool | None = None) -> bytes:
+    """`dump_event_text` as UTF-8 bytes. `same`: what `_same_with_orjson(event)` is, when known."""
+    fast = _fast_dump(event, same)
     return fast if fast is not None else _std_json(event).encode("utf-8")
 
 
@@ -275,32 +398,90 @@ def pack_events(
     max_message_bytes: int,
     control: dict[str, Any] | None = None,
     max_event_bytes: int | None = None,
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    max_depth: int = MAX_EVENT_DEPTH,
 ) -> list[Packed]:
-    """Pack events into as few TUNE-form messages as fit `max_message_bytes` each, in order.
+    """Pack events into as few TUNE-form messages as fit, in order: each at most `max_message_bytes`
+    as sent and `max_decoded_bytes` once inflated (the worker's MAX_DECODED_BYTES), so the worker
+    can read every message the endpoint answered 202 for.
 
-    With `max_event_bytes`, an event whose JSON is larger raises EventTooLarge (the worker would
-    only reject it)."""
-    dumped = [dump_event(e) for e in events]
+    Sizes count each event as this module writes it, which may be longer than it was sent (`1e15`
+    is written `1000000000000000.0`). With `max_event_bytes`, an event whose JSON is larger raises
+    EventTooLarge (the worker would only reject it). An event that cannot be written as UTF-8 JSON
+    (a lone surrogate), or that nests more than `max_depth` deep, raises CodecError naming it."""
+    dumped = [_dump_for_queue(index, event, max_depth) for index, event in enumerate(events)]
     if max_event_bytes is not None:
         for index, d in enumerate(dumped):
             if len(d) > max_event_bytes:
                 raise EventTooLarge(f"event {index} is {len(d)} bytes, over the {max_event_bytes} byte per-event limit")
-    return _pack(dumped, 0, max_message_bytes, control)
+    return _pack(dumped, 0, max_message_bytes, max_decoded_bytes, control)
 
 
-def _pack(dumped: list[bytes], offset: int, limit: int, control: dict[str, Any] | None) -> list[Packed]:
+def _dump_for_queue(index: int, event: Any, max_depth: int) -> bytes:
+    """`dump_event(event)`, refusing first what nests too deep for every reader on the way."""
+    scanned = _scan(event, max_depth)
+    if scanned.too_deep:
+        raise _too_deep(index, max_depth)
+    try:
+        if scanned.float_text:
+            return _json_keeping_float_text(event).encode("utf-8")
+        return dump_event(event, scanned.same_with_orjson)
+    except UnicodeEncodeError:
+        raise CodecError(
+            f"event {index} holds a lone UTF-16 surrogate {_surrogate_at(event)}, which is not valid Unicode text"
+        ) from None
+    except RecursionError:
+        raise CodecError(f"event {index} is nested too deeply to serialise") from None
+    except (TypeError, ValueError) as exc:  # not from parsed JSON; say what, never crash
+        raise CodecError(f"event {index} cannot be serialised as JSON ({type(exc).__name__})") from None
+
+
+def _has_surrogate(text: str) -> bool:
+    return not text.isascii() and any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _surrogate_at(event: Any) -> str:
+    """Where the first lone surrogate is, as a JSON pointer ("at /x/3", "in a key at /x")."""
+    pending: list[tuple[Any, str]] = [(event, "")]
+    while pending:
+        value, path = pending.pop()
+        if type(value) is str:
+            if _has_surrogate(value):
+                return f"at {path or '/'}"
+            continue
+        items = value.items() if type(value) is dict else enumerate(value) if type(value) is list else ()
+        for key, item in items:
+            if type(key) is str and _has_surrogate(key):
+                return f"in a key at {path or '/'}"
+            name = ascii(str(key)[:40])[1:-1].replace("~", "~0").replace("/", "~1")  # printable, as in RFC 6901
+            pending.append((item, f"{path}/{name}"))
+    return "somewhere in it"
+
+
+def _pack(
+    dumped: list[bytes], offset: int, limit: int, decoded_limit: int, control: dict[str, Any] | None
+) -> list[Packed]:
     if not dumped:
         return []
-    whole = encode_envelope(dumped, control)
-    if len(whole) <= limit:
-        return [Packed(whole, len(dumped))]
-    if len(dumped) == 1:
-        raise EventTooLarge(f"event {offset} does not fit in one queue message of {limit} bytes even compressed")
-    # Split into as many near-equal (by raw size) parts as the compressed size suggests,
+    doc = _envelope_json(dumped, control)
+    if len(doc) <= decoded_limit:
+        whole = _tune_form(doc)
+        if len(whole) <= limit:
+            return [Packed(whole, len(dumped))]
+        parts = math.ceil(len(whole) / limit)
+        if len(dumped) == 1:
+            raise EventTooLarge(f"event {offset} does not fit in one queue message of {limit} bytes even compressed")
+    else:  # no need to compress what the worker would refuse to inflate
+        parts = math.ceil(len(doc) / decoded_limit)
+        if len(dumped) == 1:
+            raise EventTooLarge(
+                f"event {offset} is {len(dumped[0])} bytes as JSON: a message holding it would inflate past "
+                f"the {decoded_limit} byte limit (MAX_DECODED_BYTES)"
+            )
+    # Split into as many near-equal (by raw size) parts as the size suggests,
     # then recurse on any part that still does not fit.
-    parts = max(2, math.ceil(len(whole) / limit))
-    total = sum(len(d) for d in dumped)
-    target = total / parts
+    parts = max(2, parts)
+    target = sum(len(d) for d in dumped) / parts
     cuts: list[int] = []
     acc = 0
     for i, d in enumerate(dumped[:-1]):
@@ -311,5 +492,5 @@ def _pack(dumped: list[bytes], offset: int, limit: int, control: dict[str, Any] 
         cuts = [len(dumped) // 2]
     out: list[Packed] = []
     for start, end in zip([0, *cuts], [*cuts, len(dumped)], strict=True):
-        out.extend(_pack(dumped[start:end], offset + start, limit, control))
+        out.extend(_pack(dumped[start:end], offset + start, limit, decoded_limit, control))
     return out

@@ -11,14 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+from .codec import DEFAULT_MAX_DECODED_BYTES
+from .errors import SettingsError
+
+__all__ = ["DEFAULT_MAX_DECODED_BYTES", "Settings", "SettingsError", "load_settings"]
+
 DEFAULT_QUEUE_PATH = "data/queue.db"
 DEFAULT_DB_PATH = "data/firehose.db"
 DEFAULT_MAX_BODY_BYTES = 6 * 1024 * 1024  # Lambda's synchronous payload limit
-DEFAULT_MAX_DECODED_BYTES = 32 * 1024 * 1024
-
-
-class SettingsError(ValueError):
-    """A setting is missing or malformed; the message names it."""
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,13 @@ class Settings:
     aws_secret: str | None = None
     aws_endpoint_url: str | None = None
     db_path: str = DEFAULT_DB_PATH
+    # postgresql://... selects the PostgreSQL store instead of DB_PATH; hidden in repr (db/postgres/url.py redacts).
+    database_url: str | None = None
     firehose_token: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    # On Lambda the endpoint refuses to start without FIREHOSE_TOKEN unless this is set (runtime.py).
+    allow_anonymous: bool = False
 
     @property
     def queue_backend(self) -> str:
@@ -44,7 +49,7 @@ class Settings:
         return DEFAULT_QUEUE_PATH
 
     def __repr__(self) -> str:  # never print secrets, even by accident in a traceback
-        hidden = {"aws_secret", "firehose_token", "aws_key"}
+        hidden = {"aws_secret", "firehose_token", "aws_key", "database_url"}
         parts = [
             f"{name}={'***' if name in hidden and getattr(self, name) else getattr(self, name)!r}"
             for name in self.__dataclass_fields__
@@ -70,6 +75,15 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     if value <= 0:
         raise SettingsError(f"{name} must be positive, got {value}")
     return value
+
+
+def _flag(env: dict[str, str], name: str) -> bool:
+    raw = _blank_to_none(env.get(name))
+    if raw is None or raw.lower() in _FALSE:
+        return False
+    if raw.lower() in _TRUE:
+        return True
+    raise SettingsError(f"{name} must be true or false, got {raw!r}")
 
 
 def _check_queue_url(url: str | None) -> None:
@@ -119,7 +133,14 @@ def load_settings(
     secret = _blank_to_none(env.get("AWS_SECRET"))
     if (key is None) != (secret is None):
         raise SettingsError("AWS_KEY and AWS_SECRET go together: set both, or neither to use boto3's credential chain")
-    db_path = _blank_to_none(env.get("DB_PATH")) or DEFAULT_DB_PATH
+    # A path is taken as given (a file name may begin or end with a space); only an empty one means the default.
+    db_path = env.get("DB_PATH") or DEFAULT_DB_PATH
+    database_url = _blank_to_none(env.get("DATABASE_URL"))
+    if database_url is not None and not database_url.lower().startswith(("postgresql://", "postgres://")):
+        # The value is not echoed: it may hold a password.
+        raise SettingsError(
+            "DATABASE_URL must be a postgresql:// URL (postgresql://user@host:5432/db); unset it to use DB_PATH"
+        )
     return Settings(
         queue_url=queue_url,
         aws_region=_blank_to_none(env.get("AWS_REGION")) or _blank_to_none(env.get("AWS_DEFAULT_REGION")),
@@ -127,7 +148,9 @@ def load_settings(
         aws_secret=secret,
         aws_endpoint_url=endpoint,
         db_path=db_path,
+        database_url=database_url,
         firehose_token=_blank_to_none(env.get("FIREHOSE_TOKEN")),
         max_body_bytes=_positive_int(env, "MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES),
         max_decoded_bytes=_positive_int(env, "MAX_DECODED_BYTES", DEFAULT_MAX_DECODED_BYTES),
+        allow_anonymous=_flag(env, "ALLOW_ANONYMOUS"),
     )

@@ -9,15 +9,16 @@ renamed over DEST, so DEST is never a half-written file.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from chalicelib.settings import Settings
-from db.store import DatabaseFault, connect
+from chalicelib.sqlite import connect, snapshot
+from db.store import DatabaseFault
+
+from .progress import progress
 
 NAME = "backup"
 HELP = "copy the database consistently while workers run (SQLite online backup API)"
@@ -38,13 +39,6 @@ class BackupResult:
     bytes: int
 
 
-def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p.add_argument("dest", help="file to write the copy to")
-    p.add_argument("--db", metavar="PATH", help="database to copy (default: DB_PATH)")
-    p.add_argument("--force", action="store_true", help="replace DEST if it exists")
-    p.add_argument("--no-verify", action="store_true", help="skip the quick_check of the copy")
-
-
 def backup(
     source: str | os.PathLike[str],
     dest: str | os.PathLike[str],
@@ -55,8 +49,6 @@ def backup(
     on_step: Callable[[int, int], None] | None = None,
 ) -> BackupResult:
     """Copy `source` to `dest`; `on_step(remaining, total)` runs after each step of pages."""
-    from tqdm import tqdm
-
     source, dest = Path(source), Path(dest)
     if not source.is_file():
         raise DatabaseFault(f"no database at {source}")
@@ -74,29 +66,24 @@ def backup(
     except sqlite3.Error as exc:
         raise DatabaseFault(f"cannot open {source}: {exc}") from exc
     try:
-        src.execute("BEGIN")
-        src.execute("SELECT count(*) FROM sqlite_master").fetchone()  # starts the read snapshot
-        out = sqlite3.connect(partial, isolation_level=None)
-        try:
-            with tqdm(
-                unit="pages", desc=f"backup {source.name}", disable=True if show_progress is False else None
-            ) as bar:
+        with snapshot(src):
+            out = connect(partial)
+            try:
+                with progress(f"backup {source.name}", "pages", show=show_progress) as bar:
 
-                def progress(_status: int, remaining: int, total: int) -> None:
-                    bar.total = total
-                    bar.update(total - remaining - bar.n)
-                    if on_step is not None:
-                        on_step(remaining, total)
+                    def stepped(_status: int, remaining: int, total: int) -> None:
+                        bar.reached(total - remaining, total)
+                        if on_step is not None:
+                            on_step(remaining, total)
 
-                src.backup(out, pages=step_pages, progress=progress)
-            (pages,) = out.execute("PRAGMA page_count").fetchone()
-            if verify:
-                (check,) = out.execute("PRAGMA quick_check").fetchone()
-                if check != "ok":
-                    raise DatabaseFault(f"the copy failed its quick_check: {check}")
-        finally:
-            out.close()
-        src.execute("COMMIT")
+                    src.backup(out, pages=step_pages, progress=stepped)
+                (pages,) = out.execute("PRAGMA page_count").fetchone()
+                if verify:
+                    (check,) = out.execute("PRAGMA quick_check").fetchone()
+                    if check != "ok":
+                        raise DatabaseFault(f"the copy failed its quick_check: {check}")
+            finally:
+                out.close()
     except sqlite3.Error as exc:
         partial.unlink(missing_ok=True)
         raise DatabaseFault(f"backup of {source} failed: {exc}") from exc
@@ -117,8 +104,8 @@ def backup(
     return BackupResult(dest, int(pages), dest.stat().st_size)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    source = args.db or settings.db_path
-    result = backup(source, args.dest, force=args.force, verify=not args.no_verify)
+def run(source: str, dest: str, *, force: bool = False, verify: bool = True) -> int:
+    """Back up the database file `source` to `dest` and say how much was copied."""
+    result = backup(source, dest, force=force, verify=verify)
     print(f"backed up {source} to {result.dest}: {result.pages:,} pages, {result.bytes:,} bytes")
     return 0

@@ -16,20 +16,21 @@ each a consistent WAL snapshot; nothing ever writes to a source or holds its wri
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from chalicelib.settings import Settings
+from chalicelib.sqlite import connect, retry_while_busy, uri
 from db.netfs import check_local
 from db.schema import LATEST_VERSION, SchemaTooNew, migrate
-from db.store import BUSY_TIMEOUT_MS, DatabaseFault
+from db.store import DatabaseFault
+
+from .progress import progress
 
 log = logging.getLogger("tune_firehose.merge")
 
@@ -88,31 +89,14 @@ class SourceResult:
         return sum(t.new for t in self.tables.values())
 
 
-def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p.add_argument("target", help="the analyst database (created and migrated if missing)")
-    p.add_argument("sources", nargs="+", help="host database files to copy from (opened read-only)")
-    p.add_argument(
-        "--overlap",
-        type=int,
-        default=DEFAULT_OVERLAP_SECONDS,
-        metavar="SECONDS",
-        help=f"re-read this many seconds before each high-water mark (default {DEFAULT_OVERLAP_SECONDS})",
-    )
-    p.add_argument("--chunk", type=int, default=DEFAULT_CHUNK_ROWS, metavar="ROWS", help=argparse.SUPPRESS)
-    p.add_argument("--allow-network-fs", action="store_true", help="allow files on NFS/CIFS/SMB (not recommended)")
-
-
 def _q(identifier: str) -> str:
     return '"' + identifier.replace('"', '""') + '"'
 
 
 def open_target(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A URI connection, so that ATTACH below accepts `?mode=ro`.
-    db = sqlite3.connect(path.resolve().as_uri() + "?mode=rwc", uri=True, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # NORMAL: a merge lost to a power cut is simply run again (the keys absorb what was copied).
+    # The connection is a URI one, so that ATTACH below accepts `?mode=ro`.
+    db = connect(path, wal=True, synchronous="NORMAL")
     migrate(db)
     db.execute(_BOOKKEEPING)
     return db
@@ -167,14 +151,11 @@ def _copy(db: sqlite3.Connection, table: str, mark: str, columns: list[str], lo:
     # SQLite needs a WHERE before an upsert's ON CONFLICT, or it parses ON as a join clause.
     where = where or " WHERE true"
     sql = f"INSERT INTO main.{table} ({cols}) SELECT {cols} FROM src.{table}{where} ON CONFLICT DO NOTHING"
-    while True:
-        try:
-            return int(db.execute(sql, params).rowcount)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            log.warning("target database is locked by another connection; retrying")
-            time.sleep(0.5)
+
+    def waiting(attempt: int, _exc: sqlite3.Error) -> None:
+        log.warning("target database is locked by another connection (attempt %d); retrying", attempt)
+
+    return retry_while_busy(lambda: int(db.execute(sql, params).rowcount), on_wait=waiting)
 
 
 def _windows(
@@ -203,11 +184,9 @@ def _windows(
 def merge_source(
     db: sqlite3.Connection, source: Path, overlap: int, chunk: int, show_progress: bool | None
 ) -> SourceResult:
-    from tqdm import tqdm
-
     key = str(source.resolve())
     result = SourceResult(key)
-    db.execute("ATTACH DATABASE ? AS src", (source.resolve().as_uri() + "?mode=ro",))
+    db.execute("ATTACH DATABASE ? AS src", (uri(source.resolve(), "ro"),))
     try:
         (version,) = db.execute("PRAGMA src.user_version").fetchone()
         if version > LATEST_VERSION:
@@ -217,7 +196,7 @@ def merge_source(
             )
         plan = _plan(db, key, overlap)
         total = sum(_count(db, table, mark, start) for table, mark, _c, start, _n in plan)
-        with tqdm(total=total, unit="rows", desc=source.name, disable=True if show_progress is False else None) as bar:
+        with progress(source.name, "rows", total, show=show_progress) as bar:
             for table, mark, columns, start, newest in plan:
                 tally = result.tables.setdefault(table, TableResult())
                 if newest is None:
@@ -226,7 +205,7 @@ def merge_source(
                     read = _count(db, table, mark, lo, hi)
                     tally.new += _copy(db, table, mark, columns, lo, hi)
                     tally.read += read
-                    bar.update(read)
+                    bar.advance(read)
                 # `newest` was read before copying, so the mark never passes a row not yet copied.
                 db.execute(
                     "INSERT INTO merge_sources (source, table_name, high_water, rows_copied, merged_at) "
@@ -274,12 +253,18 @@ def merge(
     return results
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    if args.overlap < 0 or args.chunk < 1:
-        raise DatabaseFault("--overlap must be >= 0 and --chunk >= 1")
-    results = merge(args.target, args.sources, args.overlap, args.chunk, args.allow_network_fs)
+def run(
+    target: str,
+    sources: Sequence[str],
+    *,
+    overlap: int = DEFAULT_OVERLAP_SECONDS,
+    chunk: int = DEFAULT_CHUNK_ROWS,
+    allow_network_fs: bool = False,
+) -> int:
+    """Merge, then print what each source added."""
+    results = merge(target, list(sources), overlap, chunk, allow_network_fs)
     for r in results:
         detail = ", ".join(f"{t} {v.new:,}" for t, v in r.tables.items())
         print(f"{r.source}: read {r.read:,} rows, {r.new:,} new ({detail})")
-    print(f"merged {len(results)} source(s) into {args.target}: {sum(r.new for r in results):,} new rows")
+    print(f"merged {len(results)} source(s) into {target}: {sum(r.new for r in results):,} new rows")
     return 0

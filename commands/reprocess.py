@@ -9,16 +9,15 @@ untouched. Running it twice changes nothing the second time, as every row has it
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from chalicelib.settings import Settings
+from chalicelib.sqlite import atomic, retry_while_busy
 from db.netfs import check_local
 from db.store import (
     INSERT_ADJUSTMENTS,
@@ -29,6 +28,8 @@ from db.store import (
     Store,
 )
 from worker.rows import Batch
+
+from .progress import progress
 
 log = logging.getLogger("tune_firehose.reprocess")
 
@@ -54,12 +55,6 @@ class ReprocessResult:
     new_rejects: int = 0
 
 
-def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p.add_argument("--db", metavar="PATH", help="database whose rejects to retry (default: DB_PATH)")
-    p.add_argument("--dry-run", action="store_true", help="count what would succeed; write nothing")
-    p.add_argument("--allow-network-fs", action="store_true", help="allow a database on NFS/CIFS/SMB (not recommended)")
-
-
 def retry_one(
     message_id: str | None, key: str, event_index: int | None, raw: str, max_decoded_bytes: int | None, now: int
 ) -> Batch | None:
@@ -79,8 +74,7 @@ def retry_one(
 
 def _write(db: sqlite3.Connection, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
     events = adjustments = new_rejects = 0
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with atomic(db):
         for key, batch in fixed:
             if batch.events:
                 events += db.executemany(INSERT_EVENTS, batch.events).rowcount
@@ -98,38 +92,25 @@ def _write(db: sqlite3.Connection, fixed: list[tuple[str, Batch]]) -> tuple[int,
             if batch.rejects:
                 new_rejects += db.executemany(INSERT_REJECTS, batch.rejects).rowcount
             db.execute("DELETE FROM rejects WHERE reject_key = ?", (key,))
-        db.execute("COMMIT")
-    except BaseException:
-        if db.in_transaction:
-            db.execute("ROLLBACK")
-        raise
     return events, adjustments, new_rejects
 
 
 def _write_retrying(db: sqlite3.Connection, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
-    attempt = 0
-    while True:
-        try:
-            return _write(db, fixed)
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) and "busy" not in str(exc):
-                raise
-            attempt += 1
-            log.warning("database is locked by a worker (attempt %d); retrying", attempt)
-            time.sleep(min(0.1 * attempt, 2.0))
+    def waiting(attempt: int, _exc: sqlite3.Error) -> None:
+        log.warning("database is locked by a worker (attempt %d); retrying", attempt)
+
+    return retry_while_busy(lambda: _write(db, fixed), on_wait=waiting)
 
 
 def reprocess(
     store: Store, max_decoded_bytes: int | None = None, dry_run: bool = False, show_progress: bool | None = None
 ) -> ReprocessResult:
-    from tqdm import tqdm
-
     db = store.db
     result = ReprocessResult()
     # Rejects a retried message adds are newer than `end`: they were just decided, not retried now.
     total, end = db.execute("SELECT count(*), coalesce(max(rowid), 0) FROM rejects").fetchone()
     last = 0
-    with tqdm(total=total, unit="rejects", desc="reprocess", disable=True if show_progress is False else None) as bar:
+    with progress("reprocess", "rejects", total, show=show_progress) as bar:
         while True:
             rows = db.execute(
                 "SELECT rowid, reject_key, message_id, event_index, raw FROM rejects WHERE rowid > ? AND rowid <= ? "
@@ -153,26 +134,27 @@ def reprocess(
                 result.events += events
                 result.adjustments += adjustments
                 result.new_rejects += new_rejects
-            bar.update(len(rows))
+            bar.advance(len(rows))
     return result
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
-    check_local(settings.db_path, args.allow_network_fs)
+def run(settings: Settings, *, dry_run: bool = False, allow_network_fs: bool = False) -> int:
+    """Retry the rejects in the settings' database and print what happened to them."""
+    check_local(settings.db_path, allow_network_fs)
     store = Store.open(settings.db_path)
     try:
-        result = reprocess(store, settings.max_decoded_bytes, dry_run=args.dry_run)
+        result = reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
     except sqlite3.DatabaseError as exc:
         raise DatabaseFault(f"cannot reprocess rejects in {settings.db_path}: {exc}") from exc
     finally:
         store.close()
-    verb = "would succeed" if args.dry_run else "succeeded"
+    verb = "would succeed" if dry_run else "succeeded"
     summary: dict[str, Any] = {
         "retried": result.retried,
         verb: result.fixed,
         "still rejected": result.kept,
     }
-    if not args.dry_run:
+    if not dry_run:
         summary.update(
             {"new events": result.events, "new adjustments": result.adjustments, "new rejects": result.new_rejects}
         )

@@ -6,7 +6,6 @@ what it changed. A second run changes nothing. The printed `QUEUE_URL=` line goe
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import dataclass, field, replace
@@ -116,70 +115,49 @@ def setup_queue(client: Any, name: str, options: Options = Options()) -> SetupRe
     return SetupResult(queue_url, queue_arn, dlq_url, dlq_arn, changes)
 
 
-def add_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser(
-        "setup",
-        help="create or update the SQS queue and its dead-letter queue (safe to run again)",
-        description="Create or update SQS queue NAME and NAME-dlq for TUNE Firehose: redrive to the DLQ after "
-        "--max-receive-count receives, 20 s long polling, 14-day retention, SQS-managed encryption, and a "
-        "queue policy that lets only TUNE's sender SendMessage. Prints the QUEUE_URL line for .env.",
-    )
-    p.add_argument("name", metavar="NAME", help="queue name, e.g. tune-firehose-prod (the DLQ is NAME-dlq)")
-    p.add_argument("--region", help="AWS region (default: AWS_REGION, then your AWS config)")
-    p.add_argument(
-        "--max-receive-count",
-        type=int,
-        default=DEFAULT_MAX_RECEIVE_COUNT,
-        help=f"receives before a message moves to the DLQ (default {DEFAULT_MAX_RECEIVE_COUNT})",
-    )
-    p.add_argument(
-        "--visibility-timeout",
-        type=int,
-        default=DEFAULT_VISIBILITY_TIMEOUT,
-        help=f"queue default visibility timeout in seconds (default {DEFAULT_VISIBILITY_TIMEOUT}); "
-        "the worker's heartbeat extends it while a batch is written",
-    )
-    p.add_argument("--retention-days", type=int, default=14, help="days SQS keeps unread messages, 1-14 (default 14)")
-    p.add_argument(
-        "--sender-arn",
-        default=TUNE_SENDER_ARN,
-        help=f"the one principal allowed to send (default TUNE's: {TUNE_SENDER_ARN})",
-    )
-    return p
+HELP = "create or update the SQS queue and its dead-letter queue (safe to run again)"
+DESCRIPTION = (
+    "Creates or updates SQS queue NAME and NAME-dlq for TUNE Firehose: redrive to the DLQ after "
+    "--max-receive-count receives, 20 s long polling, 14-day retention, SQS-managed encryption, and a "
+    "queue policy that lets only TUNE's sender SendMessage. Prints the QUEUE_URL line for .env."
+)
 
 
-def _region(args: argparse.Namespace, settings: Settings) -> str | None:
-    if args.region:
-        return str(args.region)
+def _region(region: str | None, settings: Settings) -> str | None:
+    if region:
+        return region
     if settings.aws_region:
         return settings.aws_region
     import boto3
 
-    return boto3.session.Session().region_name
+    region_name: str | None = boto3.session.Session().region_name  # boto3 ships no types
+    return region_name
 
 
-def cmd_setup(args: argparse.Namespace) -> int:
+def cmd_setup(
+    name: str,
+    region: str | None = None,
+    max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT,
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT,
+    retention_days: int = 14,
+    sender_arn: str = TUNE_SENDER_ARN,
+) -> int:
+    """The `setup` command (options validated by the command line)."""
     settings = load_settings()
-    region = _region(args, settings)
+    region = _region(region, settings)
     if not region:
         print("read_queue.py setup: no region: pass --region or set AWS_REGION", file=sys.stderr)
-        return EXIT_USAGE
-    if not 1 <= args.max_receive_count <= 1000 or not 0 <= args.visibility_timeout <= 43200:
-        print("read_queue.py setup: --max-receive-count is 1-1000, --visibility-timeout 0-43200", file=sys.stderr)
-        return EXIT_USAGE
-    if not 1 <= args.retention_days <= 14:
-        print("read_queue.py setup: --retention-days is 1-14", file=sys.stderr)
         return EXIT_USAGE
     # Only the region matters here: QUEUE_URL in .env may name another queue.
     client = make_client(replace(settings, aws_region=region, queue_url=None))
     options = Options(
-        max_receive_count=args.max_receive_count,
-        visibility_timeout=args.visibility_timeout,
-        retention_seconds=args.retention_days * 24 * 3600,
-        sender_arn=args.sender_arn,
+        max_receive_count=max_receive_count,
+        visibility_timeout=visibility_timeout,
+        retention_seconds=retention_days * 24 * 3600,
+        sender_arn=sender_arn,
     )
     try:
-        result = setup_queue(client, args.name, options)
+        result = setup_queue(client, name, options)
     except (BotoCoreError, ClientError) as exc:
         print(f"read_queue.py setup: SQS refused: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -188,7 +166,7 @@ def cmd_setup(args: argparse.Namespace) -> int:
     for change in result.changes:
         print(f"# {change}")
     if not result.changes:
-        print(f"# {args.name} and {args.name}-dlq already set up; nothing changed")
+        print(f"# {name} and {name}-dlq already set up; nothing changed")
     print(f"# queue ARN: {result.queue_arn} (for .chalice/policy-STAGE.json and the worker's IAM policy)")
     print(f"# dead-letter queue: {result.dlq_url}")
     print("# give TUNE this queue URL; put this line in .env and in .chalice/config.json:")

@@ -2,22 +2,25 @@
 
 Queue depth (visible, in flight, dead letters, oldest message on the local queue), rows per
 table, the newest event and how far behind it is, and the latest reject reasons. It only
-reads: the database is opened read-only and a missing local queue file is not created.
+reads: the database and the local queue file are opened read-only (a missing one is not
+created, an existing one is left exactly as it was).
+
+The lag is now minus the newest event's time, never negative. Event times are the sender's
+clock, so events dated more than FUTURE_SKEW_SECONDS ahead are left out of it (and counted).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sqlite3
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from chalicelib.queues import QueueUnavailable, open_queue
-from chalicelib.settings import Settings
-from db.store import TABLES, connect
+from chalicelib.settings import Settings, SettingsError
+from chalicelib.sqlite import connect, snapshot
+from db.store import FUTURE_SKEW_SECONDS, TABLES, newest_event_time
 
 NAME = "status"
 HELP = "show queue depth, dead letters, rows per table, newest event and lag, last rejects"
@@ -27,12 +30,6 @@ EPILOG = """examples:
   python read_queue.py status --json | jq .database.lag_seconds
 
 exit status: 0 when the queue and the database could both be read, 1 otherwise."""
-
-
-def add_arguments(p: argparse.ArgumentParser, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    add_common(p)
-    p.add_argument("--rejects", type=int, default=5, metavar="N", help="how many recent reject reasons (default 5)")
-    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
 
 
 def _iso(epoch: float | None) -> str | None:
@@ -46,8 +43,8 @@ def queue_status(settings: Settings) -> dict[str, Any]:
         out["error"] = "no local queue file yet (nothing has been sent)"
         return out
     try:
-        queue = open_queue(settings)
-    except QueueUnavailable as exc:
+        queue = open_queue(settings, readonly=True)
+    except (QueueUnavailable, SettingsError) as exc:
         out["error"] = str(exc)
         return out
     try:
@@ -82,33 +79,41 @@ def database_status(path: str, reject_limit: int, now: float | None = None) -> d
         out["error"] = f"cannot open: {exc}"
         return out
     try:
-        db.execute("BEGIN")  # one snapshot for every number below
-        out["schema_version"] = _scalar(db, "PRAGMA user_version")
-        # TABLES is a constant tuple of our own table names.
-        out["rows"] = {t: _scalar(db, f"SELECT count(*) FROM {t}") for t in TABLES}
-        out["rows"]["adjustments_pending"] = _scalar(db, "SELECT count(*) FROM adjustments_pending")
-        newest = _scalar(db, "SELECT max(event_time) FROM events")
-        ingested = _scalar(db, "SELECT max(ingested_at) FROM events")
-        out["newest_event_time"] = _iso(newest)
-        out["lag_seconds"] = None if newest is None else round(now - newest)
-        out["last_ingested"] = _iso(ingested)
-        try:
-            rows = db.execute(
-                "SELECT rejected_at, message_id, event_index, reason FROM rejects "
-                "ORDER BY rejected_at DESC, rowid DESC LIMIT ?",
-                (reject_limit,),
-            ).fetchall()
-        except sqlite3.OperationalError:
-            rows = []
-        out["last_rejects"] = [
-            {"rejected_at": _iso(at), "message_id": mid, "event_index": index, "reason": reason}
-            for at, mid, index, reason in rows
-        ]
-        db.execute("COMMIT")
+        with snapshot(db):  # one snapshot for every number below
+            out.update(_database_numbers(db, reject_limit, now))
     except sqlite3.Error as exc:
         out["error"] = f"cannot read: {exc}"
     finally:
         db.close()
+    return out
+
+
+def _database_numbers(db: sqlite3.Connection, reject_limit: int, now: float) -> dict[str, Any]:
+    out: dict[str, Any] = {"schema_version": _scalar(db, "PRAGMA user_version")}
+    # TABLES is a constant tuple of our own table names.
+    out["rows"] = {t: _scalar(db, f"SELECT count(*) FROM {t}") for t in TABLES}
+    out["rows"]["adjustments_pending"] = _scalar(db, "SELECT count(*) FROM adjustments_pending")
+    try:
+        newest = newest_event_time(db, now)
+    except sqlite3.OperationalError:  # an older schema without that table
+        newest = None
+    ingested = _scalar(db, "SELECT max(ingested_at) FROM events")
+    out["newest_event_time"] = _iso(newest)
+    out["lag_seconds"] = None if newest is None else max(0, round(now - newest))
+    out["future_events"] = _scalar(db, "SELECT count(*) FROM events WHERE event_time > ?", now + FUTURE_SKEW_SECONDS)
+    out["last_ingested"] = _iso(ingested)
+    try:
+        rows = db.execute(
+            "SELECT rejected_at, message_id, event_index, reason FROM rejects "
+            "ORDER BY rejected_at DESC, rowid DESC LIMIT ?",
+            (reject_limit,),
+        ).fetchall()
+    except sqlite3.OperationalError:
+        rows = []
+    out["last_rejects"] = [
+        {"rejected_at": _iso(at), "message_id": mid, "event_index": index, "reason": reason}
+        for at, mid, index, reason in rows
+    ]
     return out
 
 
@@ -143,6 +148,11 @@ def render(report: dict[str, Any]) -> str:
             lines.append(f"  newest event {d['newest_event_time']} (lag {_duration(d['lag_seconds'])})")
         else:
             lines.append("  no events yet")
+        if d.get("future_events"):
+            lines.append(
+                f"  {_n(d['future_events'])} events dated more than {FUTURE_SKEW_SECONDS // 60} min ahead "
+                "(left out of the lag)"
+            )
         if d.get("last_ingested"):
             lines.append(f"  last ingested {d['last_ingested']}")
     rejects = d.get("last_rejects") or []
@@ -154,10 +164,11 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace, settings: Settings) -> int:
+def run(settings: Settings, *, rejects: int = 5, as_json: bool = False) -> int:
+    """Print the report (text, or one JSON document); 1 when the queue or the database could not be read."""
     report = {
         "queue": queue_status(settings),
-        "database": database_status(settings.db_path, max(0, args.rejects)),
+        "database": database_status(settings.db_path, max(0, rejects)),
     }
-    print(json.dumps(report, indent=2) if args.json else render(report))
+    print(json.dumps(report, indent=2) if as_json else render(report))
     return 1 if "error" in report["queue"] or "error" in report["database"] else 0

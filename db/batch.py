@@ -74,35 +74,35 @@ ADJUSTMENT_COLUMNS = [
 
 @dataclass(eq=False)
 class Rows:
-    """Rows for one transaction, gathered from one or more queue messages: what `Store.write` takes.
+    """Rows for one transaction, gathered from one or more queue messages: what `Store.write` takes,
+    and binds as they are.
 
-    `bound`: the rows are built to be bound as they are: an events row's empty columns hold
-    `binding.NULL` rather than None, so the store skips `binding.bindable` (a pass over every column
-    of every row). The decoding helper builds its rows so, on its own CPU. Either form stores the
-    same values; NULL and None both become SQL NULL."""
+    `decoded_bytes`: the decoded text the rows hold (each event's JSON, each reject's raw input),
+    what their memory grows with; the worker bounds a transaction by it. A by-product, not content."""
 
     events: list[tuple[Any, ...]] = field(default_factory=list)
     adjustments: list[tuple[Any, ...]] = field(default_factory=list)
     envelopes: list[tuple[Any, ...]] = field(default_factory=list)
     rejects: list[tuple[Any, ...]] = field(default_factory=list)
-    bound: bool = False
+    decoded_bytes: int = 0
 
     def __eq__(self, other: object) -> bool:
         # Equal by content, whichever builder made them (worker.rows.Batch is a Rows).
         if not isinstance(other, Rows):
             return NotImplemented
-        mine = (self.events, self.adjustments, self.envelopes, self.rejects, self.bound)
-        return mine == (other.events, other.adjustments, other.envelopes, other.rejects, other.bound)
+        mine = (self.events, self.adjustments, self.envelopes, self.rejects)
+        return mine == (other.events, other.adjustments, other.envelopes, other.rejects)
 
     def extend(self, other: Rows) -> None:
         self.events += other.events
         self.adjustments += other.adjustments
         self.envelopes += other.envelopes
         self.rejects += other.rejects
-        self.bound = self.bound and other.bound
+        self.decoded_bytes += other.decoded_bytes
 
     @property
     def size(self) -> int:
+        """Events, updates and rejects: the inputs these rows stand for."""
         return len(self.events) + len(self.adjustments) + len(self.rejects)
 
 
@@ -129,7 +129,7 @@ class Incoming:
         if self._whole is None:
             for _ in self.parts():
                 pass
-            self._whole = Rows(bound=True)  # stays so only if every part is
+            self._whole = Rows()
             for part in self._received:
                 self._whole.extend(part)
             self._received = [self._whole]

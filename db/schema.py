@@ -10,6 +10,8 @@ import re
 import sqlite3
 from pathlib import Path
 
+from chalicelib.sqlite import atomic
+
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
 
@@ -63,13 +65,8 @@ def statements(sql: str) -> list[str]:
 
 def _apply(db: sqlite3.Connection, version: int, path: Path) -> None:
     """Apply one migration whole or not at all; a worker that lost the race skips it."""
-    db.execute("BEGIN IMMEDIATE")
-    try:
+    with atomic(db):
         if current_version(db) < version:
             for statement in statements(path.read_text()):
                 db.execute(statement)
             db.execute(f"PRAGMA user_version = {int(version)}")
-        db.execute("COMMIT")
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise

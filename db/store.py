@@ -9,25 +9,32 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from chalicelib.sqlite import Synchronous, atomic, connect, is_busy, retry_while_busy
 from db.batch import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Incoming, Rows
-from db.binding import bindable
 from db.schema import migrate
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tune_firehose.store")
 
-BUSY_TIMEOUT_MS = 5000
 # SQLite's page cache for the writer (negative: KiB). The default 2 MiB makes every insert at a
 # random key of the events b-tree read its page back from the OS; bench/RESULTS.md has the effect.
 # 32 MiB: as fast as 64 MiB at 100,000 events and about 10% slower once a database passes 800,000,
 # which buys the memory the decoding helper needs (bench: peak RSS of the worker and its helper).
 CACHE_KIB = 32_768
 TABLES = ("events", "adjustments", "envelopes", "rejects")
+# Durable before deleted: the worker deletes a batch's messages right after its COMMIT returns, so
+# that COMMIT must be on disk by then. In WAL mode NORMAL syncs only at checkpoints, and SQLite
+# documents that a commit since the last one can roll back after a power loss, when the queue no
+# longer holds its messages. FULL syncs the WAL at every COMMIT: one fsync per batch, whose cost
+# `make bench` reports (bench/durability.py).
+SYNCHRONOUS: Synchronous = "FULL"
+# Event times come from the sender's clock. One dated in the future (a wrong clock, a hostile
+# sender) must not make the data look fresh for ever: the newest event is the newest dated at most
+# this far ahead of now (a small skew between clocks is normal).
+FUTURE_SKEW_SECONDS = 300
 
 
 def _insert(table: str, columns: list[str]) -> str:
@@ -39,10 +46,6 @@ INSERT_EVENTS = _insert("events", EVENT_COLUMNS)
 INSERT_ADJUSTMENTS = _insert("adjustments", ADJUSTMENT_COLUMNS)
 INSERT_ENVELOPES = _insert("envelopes", ["message_id", "received_at", "receive_count", "control_json", "event_count"])
 INSERT_REJECTS = _insert("rejects", ["reject_key", "message_id", "event_index", "reason", "raw", "rejected_at"])
-
-
-def _as_built(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    return rows
 
 
 class DatabaseFault(RuntimeError):
@@ -62,18 +65,11 @@ class WriteStats:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def connect(path: str | Path, readonly: bool = False) -> sqlite3.Connection:
-    path = Path(path)
-    if readonly:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute(f"PRAGMA cache_size=-{int(CACHE_KIB)}")
-    db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
-    return db
+def newest_event_time(db: sqlite3.Connection, now: float) -> int | None:
+    """The newest event time not in the future (beyond FUTURE_SKEW_SECONDS); the index makes it cheap."""
+    row = db.execute("SELECT max(event_time) FROM events WHERE event_time <= ?", (now + FUTURE_SKEW_SECONDS,))
+    (newest,) = row.fetchone()
+    return None if newest is None else int(newest)
 
 
 def _why_unwritable(path: Path) -> str:
@@ -91,76 +87,78 @@ def _why_unwritable(path: Path) -> str:
     return ""
 
 
-def _is_busy(exc: sqlite3.OperationalError) -> bool:
-    return "locked" in str(exc) or "busy" in str(exc)
-
-
 class Store:
     def __init__(self, db: sqlite3.Connection, path: Path) -> None:
         self.db = db
         self.path = path
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
+    def open(cls, path: str | Path, give_up: Callable[[], bool] = lambda: False) -> Store:
+        """Open (creating if missing) and migrate the database; wait out another process's lock
+        on it until `give_up()` says stop, as `write` does."""
         path = Path(path)
+
+        def connect_and_migrate() -> sqlite3.Connection:
+            db = connect(path, wal=True, synchronous=SYNCHRONOUS, cache_kib=CACHE_KIB)
+            try:
+                migrate(db)
+            except BaseException:
+                db.close()
+                raise
+            return db
+
+        def waiting(attempt: int, _exc: sqlite3.Error) -> None:
+            log.warning(
+                "database %s is locked by another process (attempt %d); waiting to migrate it (SIGTERM or "
+                "Ctrl-C stops waiting)",
+                path,
+                attempt,
+            )
+
         try:
-            db = connect(path)
-            while True:
-                try:
-                    migrate(db)
-                    break
-                except sqlite3.OperationalError as exc:
-                    if not _is_busy(exc):
-                        raise
-                    log.warning("database %s is locked by another process; waiting to migrate", path)
+            return cls(retry_while_busy(connect_and_migrate, give_up=give_up, on_wait=waiting), path)
         except sqlite3.DatabaseError as exc:
+            if is_busy(exc):
+                raise DatabaseFault(f"database {path} stayed locked; gave up waiting to migrate it: {exc}") from exc
             raise DatabaseFault(f"cannot open database {path}: {exc}{_why_unwritable(path)}") from exc
-        return cls(db, path)
 
     def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
         """Write the whole batch in one transaction; wait out locks held by other processes
         until `give_up()` says stop. An `Incoming` batch is written part by part as it arrives."""
-        attempt = 0
-        while True:
-            try:
-                return self._write_once(batch.parts() if isinstance(batch, Incoming) else [batch])
-            except sqlite3.OperationalError as exc:
-                if not _is_busy(exc):
-                    raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
-                attempt += 1
-                if give_up():
-                    raise DatabaseFault(f"database {self.path} stayed locked: {exc}") from exc
-                log.warning(
-                    "database %s is locked by another connection (attempt %d); retrying, nothing is lost",
-                    self.path,
-                    attempt,
-                )
-                time.sleep(min(0.1 * attempt, 2.0))
-            except sqlite3.DatabaseError as exc:
-                raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
+
+        def waiting(attempt: int, _exc: sqlite3.Error) -> None:
+            log.warning(
+                "database %s is locked by another connection (attempt %d); retrying, nothing is lost",
+                self.path,
+                attempt,
+            )
+
+        try:
+            return retry_while_busy(
+                lambda: self._write_once(batch.parts() if isinstance(batch, Incoming) else [batch]),
+                give_up=give_up,
+                on_wait=waiting,
+            )
+        except sqlite3.DatabaseError as exc:
+            if is_busy(exc):
+                raise DatabaseFault(f"database {self.path} stayed locked: {exc}") from exc
+            raise DatabaseFault(f"cannot write to {self.path}: {exc}") from exc
 
     def _write_once(self, parts: Iterable[Rows]) -> WriteStats:
-        db = self.db
         stats = WriteStats()
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with atomic(self.db):
             for batch in parts:
                 stats.add(self._insert(batch))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
         return stats
 
     def _insert(self, batch: Rows) -> WriteStats:
         db = self.db
-        bind = _as_built if batch.bound else bindable
-        events = db.executemany(INSERT_EVENTS, bind(batch.events)).rowcount if batch.events else 0
-        adjustments = db.executemany(INSERT_ADJUSTMENTS, bind(batch.adjustments)).rowcount if batch.adjustments else 0
+        # Bound as built (worker/rows.py builds them as they bind fastest).
+        events = db.executemany(INSERT_EVENTS, batch.events).rowcount if batch.events else 0
+        adjustments = db.executemany(INSERT_ADJUSTMENTS, batch.adjustments).rowcount if batch.adjustments else 0
         if batch.envelopes:
-            db.executemany(INSERT_ENVELOPES, bind(batch.envelopes))
-        rejects = db.executemany(INSERT_REJECTS, bind(batch.rejects)).rowcount if batch.rejects else 0
+            db.executemany(INSERT_ENVELOPES, batch.envelopes)
+        rejects = db.executemany(INSERT_REJECTS, batch.rejects).rowcount if batch.rejects else 0
         return WriteStats(
             events=events,
             duplicates=len(batch.events) - events,

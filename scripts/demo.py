@@ -1,4 +1,7 @@
-"""`make demo`: sample-data.json through chalice local, the local queue and the worker, into SQLite."""
+"""`make demo`: sample-data.json through chalice local, the local queue and the worker, into SQLite.
+
+A few bad messages go straight onto the queue too, so that `rejects` has rows to show.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +13,7 @@ from pathlib import Path
 from chalicelib.queues.local import LocalQueue
 from chalicelib.settings import load_settings
 
+from .demo_data import bad_messages
 from .local_stack import ROOT, local_stack
 
 
@@ -23,28 +27,36 @@ def wait_drained(queue: LocalQueue, timeout: float = 60) -> None:
     raise SystemExit(f"the worker did not drain the queue within {timeout:.0f} s; see data/logs/worker.log")
 
 
+COLUMNS: tuple[str, ...] = ("currency", "action", "events", "gross num", "net num")
+COLUMNS += ("gross payout", "net payout", "gross revenue", "net revenue")
+TABLES = ("events", "adjustments", "rejects")
+
+
+def _aligned(line: tuple[str, ...], widths: list[int]) -> list[str]:
+    """Names left, numbers right."""
+    return [cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths, strict=True))]
+
+
 def summary(db_path: str) -> str:
+    """The `totals` view as Datasette shows it: money printed as the view holds it, exact."""
     db = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    lines = [
-        f"{'action':<12}{'events':>7}{'gross num':>10}{'net num':>9}"
-        f"{'gross payout':>14}{'net payout':>12}{'gross revenue':>15}{'net revenue':>13}"
-    ]
-    rows = db.execute(
-        "SELECT action, count(*), sum(gross_num), sum(num), sum(gross_payout_micros), sum(payout_micros), "
-        "sum(gross_revenue_micros), sum(revenue_micros) FROM events_reconciled GROUP BY action ORDER BY action"
-    ).fetchall()
-    for action, n, gnum, num, gp, p, gr, r in rows:
-        lines.append(
-            f"{action:<12}{n:>7}{gnum:>10}{num:>9}{(gp or 0) / 1e6:>14.2f}{p / 1e6:>12.2f}"
-            f"{(gr or 0) / 1e6:>15.2f}{r / 1e6:>13.2f}"
-        )
-    counts = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("events", "adjustments", "rejects")}
-    (pending,) = db.execute("SELECT count(*) FROM adjustments_pending").fetchone()
+    try:
+        rows = db.execute(
+            "SELECT currency, action, events, gross_num, net_num, gross_payout, net_payout, gross_revenue, net_revenue "
+            "FROM totals ORDER BY currency, action"
+        ).fetchall()
+        counts = {t: db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
+        (pending,) = db.execute("SELECT count(*) FROM adjustments_pending").fetchone()
+        (days,) = db.execute("SELECT count(DISTINCT date) FROM daily_totals").fetchone()
+    finally:
+        db.close()
+    table = [COLUMNS, *(tuple("" if v is None else str(v) for v in row) for row in rows)]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    lines = ["  ".join(_aligned(line, widths)) for line in table]
     lines.append(
-        f"\ntables: events {counts['events']}, adjustments {counts['adjustments']} "
+        f"\ntables: events {counts['events']} over {days} UTC days, adjustments {counts['adjustments']} "
         f"({pending} waiting for their original), rejects {counts['rejects']}"
     )
-    db.close()
     return "\n".join(lines)
 
 
@@ -62,6 +74,9 @@ def main() -> int:
         print(f"POST /events sample-data.json -> {status} {body}")
         if status != 202:
             return 1
+        # Straight onto the queue, as a broken producer would: the endpoint refuses such bodies.
+        sent = queue.send_all(bad_messages())
+        print(f"queued {len(bad_messages()) - len(sent.failed)} bad messages directly, for the rejects table")
         wait_drained(queue)
         code = stack.stop_worker()
         if code != 0:
@@ -69,7 +84,7 @@ def main() -> int:
             return 1
     print()
     print(summary(settings.db_path))
-    print(f"\nLook at it:  sqlite3 {settings.db_path} 'SELECT * FROM daily_stats'")
+    print(f"\nLook at it:  make explore   (or: sqlite3 {settings.db_path} 'SELECT * FROM daily_totals')")
     return 0
 
 

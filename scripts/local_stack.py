@@ -83,19 +83,21 @@ def local_stack(
     port: int | None = None,
     with_worker: bool = True,
     worker_args: tuple[str, ...] = ("--wait-seconds", "1"),
+    stage: str | None = "local",
 ) -> Iterator[Stack]:
-    """`chalice local` (own process group, no autoreload) plus a worker, both stopped on exit."""
+    """`chalice local` (own process group, no autoreload) plus a worker, both stopped on exit.
+
+    Stage "local" never carries a deployed stage's settings, so the ones given here (or .env) apply
+    even once stage dev holds a queue URL; `stage=None` runs `chalice local` as typed, on stage dev."""
     port = port or free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
     full_env = {**os.environ, **env, "PYTHONUNBUFFERED": "1"}
     with open(log_dir / "chalice-local.log", "wb") as chalice_log, open(log_dir / "worker.log", "wb") as worker_log:
         endpoint = subprocess.Popen(
-            # Stage "local" sets no environment variables, so the settings given here (or .env) apply.
             [
                 str(BIN / "chalice"),
                 "local",
-                "--stage",
-                "local",
+                *(["--stage", stage] if stage else []),
                 "--no-autoreload",
                 "--host",
                 "127.0.0.1",

@@ -107,6 +107,25 @@ def local_queue(tmp_path: Path) -> Iterator[LocalQueue]:
     queue.close()
 
 
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL server for the session (tests/pg.py). Without one: fail, never skip."""
+    from tests.pg import PgCluster, PostgresMissing
+
+    try:
+        cluster = PgCluster.create()
+    except PostgresMissing as exc:
+        pytest.fail(str(exc), pytrace=False)
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture()
+def pg_url(pg_cluster: Any) -> str:
+    """A fresh, empty schema on that server, as a postgresql:// URL (its search_path: that schema)."""
+    return str(pg_cluster.create_schema())
+
+
 @pytest.fixture(params=["local", "sqs"])
 def any_queue(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
     """The same contract, run against both backends."""

@@ -10,10 +10,13 @@ code under test (a key is the event's `tune_event_id`; an update is an event who
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
+import hashlib
 import http.client
 import json
 import os
+import resource
 import signal
 import socket
 import sqlite3
@@ -24,6 +27,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,6 +36,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from chalicelib.codec import dump_event, encode_envelope
+from tests.invariants import Delete, Handout, ProxyLedger
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -62,20 +67,36 @@ class Expected:
     events: set[str] = field(default_factory=set)
     adjustments: set[int] = field(default_factory=set)
     offered: int = 0  # events handed to the pipeline, duplicates included
+    duplicates: int = 0  # of those, how many repeat a key offered before
+    # What may be stored under each key: digests of the contents offered with it (more than one when
+    # a key is re-sent with other content; the first to be committed wins).
+    contents: dict[str | int, set[str]] = field(default_factory=dict)
 
     def add(self, events: list[dict[str, Any]]) -> None:
         self.offered += len(events)
         for e in events:
+            key: str | int
             if is_update(e):
-                self.adjustments.add(int(e["adjustment_sequence_id"]))
+                key = int(e["adjustment_sequence_id"])
+                self.adjustments.add(key)
             else:
-                self.events.add(str(e["tune_event_id"]))
+                key = str(e["tune_event_id"])
+                self.events.add(key)
+            offered = self.contents.setdefault(key, set())
+            self.duplicates += bool(offered)
+            offered.add(content_digest(e))
 
     @classmethod
     def of(cls, events: list[dict[str, Any]]) -> Expected:
         expected = cls()
         expected.add(events)
         return expected
+
+
+def content_digest(event: Any) -> str:
+    """The same for two events with the same content, whatever their key order or spacing."""
+    canonical = json.dumps(event, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha1(canonical.encode("utf-8", "surrogatepass"), usedforsecurity=False).hexdigest()
 
 
 def tune_body(events: list[dict[str, Any]]) -> str:
@@ -118,18 +139,43 @@ def stored(db_path: Path | str) -> Stored:
     return Stored(events, adjustments, rejects, envelopes)
 
 
+def _not_offered(db_path: Path | str, expected: Expected) -> list[str | int]:
+    """Keys whose stored row holds content never offered under that key (read row by row)."""
+    wrong: list[str | int] = []
+    with contextlib.closing(read_only(db_path)) as db:
+        for sql in (
+            "SELECT tune_event_id, raw_json FROM events",
+            "SELECT adjustment_sequence_id, raw_json FROM adjustments",
+        ):
+            for key, raw in db.execute(sql):
+                offered = expected.contents.get(key)
+                if offered is not None and content_digest(json.loads(raw)) not in offered:
+                    wrong.append(key)
+    return wrong
+
+
 def assert_exactly_once(db_path: Path | str, expected: Expected, rejects: int = 0) -> Stored:
-    """Every expected event and update stored once, nothing else, and `rejects` rejects."""
+    """Every expected event and update stored once, with content offered under its key, nothing
+    else, and `rejects` rejects."""
     got = stored(db_path)
     missing = expected.events - set(got.events)
     extra = set(got.events) - expected.events
     assert not missing, f"{len(missing)} of {len(expected.events)} events lost, e.g. {sorted(missing)[:3]}"
     assert not extra, f"{len(extra)} events stored that were never sent, e.g. {sorted(extra)[:3]}"
-    assert len(got.events) == len(set(got.events)), "an event is stored twice"
     missing_adj = expected.adjustments - set(got.adjustments)
     assert not missing_adj, f"{len(missing_adj)} of {len(expected.adjustments)} updates lost"
-    assert set(got.adjustments) == expected.adjustments, "updates stored that were never sent"
-    assert len(got.adjustments) == len(set(got.adjustments)), "an update is in the ledger twice"
+    extra_adj = set(got.adjustments) - expected.adjustments
+    assert not extra_adj, f"{len(extra_adj)} updates stored that were never sent, e.g. {sorted(extra_adj)[:3]}"
+    # Duplicates counted against the input: every repeat of a key was absorbed, no row was added
+    # for one (the primary keys alone make a second row under the *same* key impossible, so that
+    # is not what this checks; a repeat stored under another key is).
+    rows = len(got.events) + len(got.adjustments)
+    named_only = len({*expected.events, *expected.adjustments} - expected.contents.keys())  # keys added by hand
+    assert rows == expected.offered - expected.duplicates + named_only, (
+        f"{rows} rows for {expected.offered} events offered with {expected.duplicates} repeats"
+    )
+    wrong = _not_offered(db_path, expected)
+    assert not wrong, f"{len(wrong)} rows hold content never offered under their key, e.g. {wrong[:3]}"
     assert len(got.rejects) == rejects, f"expected {rejects} rejects, got {got.rejects[:5]}"
     return got
 
@@ -183,7 +229,11 @@ class WorkerProcess:
         visibility_timeout: int = 60,
         wait_seconds: float = 1,
         env: dict[str, str] | None = None,
+        decode: str | None = None,
+        preexec: Callable[[], None] | None = None,
     ) -> None:
+        """`decode`: --decode inline|process (None: the worker's default). `preexec`: runs in the
+        child before exec (a resource limit, dropped capabilities)."""
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"{name}.log"
         args = [
@@ -200,10 +250,18 @@ class WorkerProcess:
         ]
         if until_empty:
             args.append("--until-empty")
+        if decode is not None:
+            args += ["--decode", decode]
         with open(self.log_path, "wb") as log:
             # cwd is the log directory, so a developer's .env never leaks into a test.
             self.proc = subprocess.Popen(
-                args, cwd=log_dir, env=env or child_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                args,
+                cwd=log_dir,
+                env=env or child_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=preexec,
             )
 
     @property
@@ -359,18 +417,20 @@ class FaultProxy:
     INTERNAL, THROTTLE, DROP (close the connection without forwarding) or LOST (forward, then
     close the connection without answering: the call happened but the caller cannot know). `refuse()` closes the
     listening socket so connections are refused, `accept()` opens it again on the same port.
-    `before_delete(receipts, bodies)` runs before a delete is forwarded; it sees the bodies the
-    receipts were handed out with, so a test can check their events are already committed.
+    `check_delete(message_id, body)` runs when a DeleteMessage(Batch) request arrives, before any
+    fault is decided, for each message it names (see tests/invariants.py); `handouts()` and
+    `deletes()` list what was received and deleted through the proxy, in order.
     """
 
     def __init__(self, upstream: str, decide: Callable[[str], str] | None = None) -> None:
         self.upstream = urlparse(upstream)
         self.decide: Callable[[str], str] = decide or (lambda target: PASS)
-        self.before_delete: Callable[[list[str], list[str | None]], None] | None = None
+        self.check_delete: Callable[[str, str], str | None] | None = None
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log: list[tuple[float, str, str]] = []  # (time, operation, action)
-        self.receipts: dict[str, str] = {}
+        self.ledger = ProxyLedger()
+        self._in_flight: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -408,11 +468,44 @@ class FaultProxy:
         with self._lock:
             return sum(1 for t, _, a in self.log if since <= t <= until and (action is None or a == action))
 
+    def handouts(self) -> list[Handout]:
+        return self.ledger.handouts()
+
+    def deletes(self) -> list[Delete]:
+        return self.ledger.deletes()
+
     # forwarding --------------------------------------------------------------------------------
+    def idle(self) -> bool:
+        """No request is being handled (a killed worker's long poll may still be)."""
+        with self._lock:
+            return not +self._in_flight
+
+    def in_flight(self, target: str) -> int:
+        """How many `target` calls (e.g. "ReceiveMessage") are being handled right now."""
+        with self._lock:
+            return self._in_flight[target]
+
     def _handle(self, h: BaseHTTPRequestHandler) -> None:
+        target = (h.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
+        with self._lock:
+            self._in_flight[target] += 1
+        try:
+            self._forward(h)
+        except OSError:  # the client is gone (a killed worker): nobody to answer
+            h.close_connection = True
+        finally:
+            with self._lock:
+                self._in_flight[target] -= 1
+
+    def _forward(self, h: BaseHTTPRequestHandler) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         body = h.rfile.read(length) if length else b""
         target = (h.headers.get("X-Amz-Target") or "").rsplit(".", 1)[-1]
+        if target in ("DeleteMessageBatch", "DeleteMessage"):
+            # Checked on arrival: a delete the proxy then fails was still sent too early.
+            request = json.loads(body or b"{}")
+            handles = [e["ReceiptHandle"] for e in request.get("Entries", [])] or [request.get("ReceiptHandle", "")]
+            self.ledger.deleting(handles, self.check_delete)
         action = self.decide(target)
         with self._lock:
             self.log.append((time.monotonic(), target, action))
@@ -431,12 +524,6 @@ class FaultProxy:
             h.end_headers()
             h.wfile.write(payload)
             return
-        if target in ("DeleteMessageBatch", "DeleteMessage") and self.before_delete is not None:
-            request = json.loads(body or b"{}")
-            handles = [e["ReceiptHandle"] for e in request.get("Entries", [])] or [request.get("ReceiptHandle", "")]
-            with self._lock:
-                bodies = [self.receipts.get(r) for r in handles]
-            self.before_delete(handles, bodies)
         try:
             conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
             headers = {k: v for k, v in h.headers.items() if k.lower() not in ("host", "connection")}
@@ -450,9 +537,7 @@ class FaultProxy:
                 h.connection.shutdown(socket.SHUT_RDWR)
             return
         if target == "ReceiveMessage" and resp.status == 200:
-            with self._lock:
-                for m in json.loads(data or b"{}").get("Messages", []):
-                    self.receipts[m["ReceiptHandle"]] = m["Body"]
+            self.ledger.handed_out(json.loads(data or b"{}").get("Messages", []))
         if action == LOST:
             h.close_connection = True
             with contextlib.suppress(OSError):
@@ -495,3 +580,56 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
 
 def remount(path: Path, options: str) -> None:
     subprocess.run(["mount", "-o", f"remount,{options}", str(path)], check=True)
+
+
+# -- the same faults without mount: a file-size limit, and root without its permission override ---------
+
+
+def file_size_limit(max_bytes: int) -> Callable[[], None]:
+    """preexec: no file the child writes may grow past `max_bytes` (RLIMIT_FSIZE). The write that
+    would cross it fails with EFBIG ("File too large") as a full disk fails with ENOSPC; it binds
+    root too and needs no privilege, so it runs in any container. SIGXFSZ, which would kill the
+    writer instead, is ignored (CPython ignores it anyway)."""
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_bytes, max_bytes))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    return limit
+
+
+_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER = 1, 2, 3
+_PR_CAPBSET_DROP, _PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL = 24, 47, 4
+_CAPABILITY_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_permission_override() -> None:
+    """preexec, for root: after exec the child lacks CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH and
+    CAP_FOWNER, so file modes bind it as they bind any user (root otherwise writes a 0444 file in a
+    0555 directory). It keeps uid 0, so it still reads what root owns (an interpreter under /root).
+    Dropped from the bounding, inheritable and ambient sets: exec gives root exactly those."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    caps = (_CAP_DAC_OVERRIDE, _CAP_DAC_READ_SEARCH, _CAP_FOWNER)
+    for cap in caps:
+        if libc.prctl(_PR_CAPBSET_DROP, cap, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
+    libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header, data = _CapHeader(_CAPABILITY_VERSION_3, 0), (_CapData * 2)()
+    if libc.capget(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capget")
+    for cap in caps:
+        data[0].inheritable &= ~(1 << cap)
+    if libc.capset(ctypes.byref(header), data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def is_root() -> bool:
+    return hasattr(os, "geteuid") and os.geteuid() == 0

@@ -5,7 +5,10 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import os
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -73,3 +76,22 @@ def sqs_depth(client: Any, url: str) -> tuple[int, int]:
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def gzip_b64(document: bytes) -> str:
+    """base64(gzip(document)): TUNE's transport around JSON bytes given exactly (compact or not)."""
+    return base64.b64encode(gzip.compress(document, mtime=0)).decode("ascii")
+
+
+def run_worker_cli(
+    db: Path, queue_url: str, decode: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`read_queue.py --until-empty --decode DECODE` as a child process; its CompletedProcess.
+
+    The timeout bounds the wait for a hung worker; it is no assertion about speed."""
+    root = Path(__file__).resolve().parent.parent
+    child = {k: v for k, v in os.environ.items() if k not in ("QUEUE_URL", "DB_PATH", "FIREHOSE_TOKEN")}
+    args = [sys.executable, str(root / "read_queue.py"), "--until-empty", "--quiet", "--wait-seconds", "0"]
+    args += ["--db", str(db), "--queue-url", queue_url, "--decode", decode]
+    env = {**child, **(env or {})}
+    return subprocess.run(args, cwd=db.parent, env=env, capture_output=True, text=True, timeout=120)

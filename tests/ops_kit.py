@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hypothesis import strategies as st
+
 from bench.generate import Generator
 from chalicelib.codec import encode_envelope, pack_events
 from tests.kit import one
@@ -17,6 +19,35 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # Ingestion metadata: where and when a row landed, which differs between hosts by design.
 INGEST_COLUMNS = {"message_id", "ingested_at"}
+# What SQLite may put beside a database file of its own accord.
+SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
+
+
+def examples(default: int, fuzz: int = 1000) -> int:
+    """Hypothesis examples per property: bounded in `make test`, many more with FIREHOSE_FUZZ=1 (`make fuzz`)."""
+    return fuzz if os.environ.get("FIREHOSE_FUZZ") == "1" else default
+
+
+# Characters that mean something in a URI, to a shell or to an option parser, besides any other.
+_HOSTILE = "#?%&=;: -'\"*[]{}~$!@+,"
+
+
+def file_names() -> st.SearchStrategy[str]:
+    """File names a user may give: any characters a Linux file name can hold (no "/", no NUL,
+    nothing the file system cannot encode), biased towards "#", "?", "%", spaces and a leading dash;
+    short enough that SQLite's "-journal" and a ".partial" still fit in 255 bytes."""
+    char = st.one_of(
+        st.sampled_from(_HOSTILE),
+        st.characters(blacklist_categories=("Cs",), blacklist_characters="/\x00"),
+    )
+    name = st.one_of(st.text(char, min_size=1, max_size=24), st.builds("-{}".format, st.text(char, max_size=12)))
+    return name.filter(lambda n: n not in (".", "..") and len(os.fsencode(n)) <= 200)
+
+
+def new_files(directory: Path, before: set[str], expected: set[str]) -> set[str]:
+    """Files that appeared in `directory` and are neither `expected` nor SQLite's own beside them."""
+    allowed = expected | {name + side for name in expected for side in SQLITE_SIDE_FILES}
+    return {p.name for p in directory.iterdir()} - before - allowed
 
 
 def bodies(seed: int, events: int, per_message_bytes: int = 12_000) -> list[str]:

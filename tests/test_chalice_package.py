@@ -26,12 +26,25 @@ CHALICE = Path(sys.executable).with_name("chalice")
 STAGE_MEMORY = {"dev": 512, "prod": 1024}
 
 
+# What a deployer puts into stage dev before `chalice deploy --stage dev` (docs/deploying.md): the
+# clone ships without it, so that `chalice local`, which runs stage dev, uses the local queue.
+DEV_QUEUE_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/tune-firehose-dev"
+
+
+def deployable_config() -> dict[str, Any]:
+    """.chalice/config.json as the deployer has it: dev's QUEUE_URL filled in, the rest as shipped."""
+    deployable = config()
+    deployable["stages"]["dev"].setdefault("environment_variables", {}).setdefault("QUEUE_URL", DEV_QUEUE_URL)
+    return deployable
+
+
 def package(tmp_path: Path, stage: str, *extra: str) -> tuple[dict[str, Any], Path]:
     project = tmp_path / "project"
     project.mkdir()
     shutil.copy(ROOT / "app.py", project)
     shutil.copytree(ROOT / "chalicelib", project / "chalicelib", ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(ROOT / ".chalice", project / ".chalice", ignore=shutil.ignore_patterns("deployments", "deployed"))
+    (project / ".chalice" / "config.json").write_text(json.dumps(deployable_config(), indent=2))
     (project / "requirements.txt").write_text("")
     out = tmp_path / "out"
     env = {
@@ -72,7 +85,7 @@ def test_package_has_the_handler_environment_and_least_privilege_policy(tmp_path
     template, zip_path = package(tmp_path, stage)
     resources = template["Resources"]
     handler = resources["APIHandler"]["Properties"]
-    stage_env = config()["stages"][stage]["environment_variables"]
+    stage_env = deployable_config()["stages"][stage]["environment_variables"]
 
     assert handler["Handler"] == "app.app"
     assert handler["Runtime"] == f"python{sys.version_info.major}.{sys.version_info.minor}"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.queues.local import LocalQueue
-from tests.faultkit import ChaliceLocal, WorkerProcess, local_queue_state, stored
+from tests.faultkit import ChaliceLocal, WorkerProcess, local_queue_state, stored, wait_for
 
 KILLS = 8
 EVENTS_PER_POST = 20
@@ -85,8 +85,11 @@ def test_every_202_survives_sigkill_of_chalice_local(tmp_path: Path) -> None:
             kills += 1
             producer.server = None
         server = ChaliceLocal(env, tmp_path / "chalice.log")
+        with producer.lock:
+            before = len(producer.acked)
         producer.server = server
-        time.sleep(0.5)
+        # The last server must acknowledge something before the stream stops (a signal, not a sleep).
+        wait_for(lambda: len(producer.acked) > before, 60, "a 202 from the restarted chalice local")
     finally:
         producer.stop.set()
         for t in threads:

@@ -1,16 +1,27 @@
-"""Issue 5, item 1: SIGKILL the worker at random moments, 20 times, while it lands 50,000 events.
+"""SIGKILL the worker 20 times while it lands a stream, on both queue backends and with both
+decoders; every delete is checked at the moment it happens (tests/invariants.py).
 
-Each round feeds the queue a slice of the stream, starts `read_queue.py --until-empty` and kills
-it with SIGKILL at a moment chosen by a seeded RNG from three kinds:
+Each round that is to be killed adds 150 messages of 100 events (TUNE's size) to the queue: three
+of the worker's groups (it receives about one 5,000-event transaction's worth at a time), so a
+worker that starts on it pipelines. It runs `read_queue.py --until-empty --decode D` and is killed
+with SIGKILL. Before the kill a round waits until the pipeline runs: with the helper decoder
+(`process`), until the worker holds two groups (messages received on either side of one of its
+deletes and not yet deleted: one decoding in the helper while the one before is written or
+deleted); with `inline`, until its first delete. Then the kill lands at a moment chosen by a
+seeded RNG:
 
-- random:        after a random delay (start-up, receive, decode, write, delete or idle);
-- mid-write:     while the worker holds the database's write lock (a batch half written);
-- after-commit:  the instant a batch's envelopes become visible (between COMMIT and delete).
+- random:        after a random delay (up to 50 ms);
+- mid-write:     while the worker holds the database's write lock (a transaction half written);
+- after-commit:  the instant a transaction's envelopes become visible (between COMMIT and delete).
 
-After 20 kills a last worker drains the queue. The database must then hold every unique event
-once, the ledger every update once, and the queue (and its dead-letter queue) must be empty.
-After three kills in a row one round runs to the end, so no message reaches the fifth receive
-that would send it to the dead-letter queue (that path is tested in the poison suite).
+How we know the overlapped pipeline was running at the kill: after it, the harness's log of
+handouts and deletes (complete, since the process is dead) says whether the worker held two
+groups. With the helper, most kills must find two groups in hand; with inline decoding, none may
+(it cannot hold two, so this also shows that the measure tells them apart).
+
+After three kills in a row one round runs to the end, so no message reaches the fifth receive that
+would send it to the dead-letter queue. A last worker drains the queue; then every unique event is
+stored once, every update once, and the queue and its dead-letter queue are empty.
 """
 
 from __future__ import annotations
@@ -20,29 +31,18 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-import boto3
 import pytest
 
 from bench.generate import Generator
-from chalicelib.queues.local import LocalQueue
-from chalicelib.queues.sqs import SqsQueue
-from tests.faultkit import (
-    Expected,
-    WorkerProcess,
-    assert_exactly_once,
-    child_env,
-    local_queue_state,
-    pack,
-    read_only,
-    writer_busy,
-)
-from tests.kit import make_sqs_queue, sqs_depth
+from tests.faultkit import Expected, WorkerProcess, assert_exactly_once, pack, read_only, writer_busy
+from tests.invariants import Harness, harness, leftovers
 
-EVENTS = 50_000
+PER_MESSAGE = 100
+ROUND_MESSAGES = 150  # added before each round that is to be killed: 15,000 events, three groups
 KILLS = 20
-CHUNKS = 40
 VISIBILITY = 2
 SEED = 20_505
 
@@ -57,90 +57,103 @@ def _envelope_count(db_path: Path) -> int:
         return 0
 
 
-def _trigger(mode: str, worker: WorkerProcess, db_path: Path, rng: random.Random) -> None:
+def _await_pipeline(h: Harness, worker: WorkerProcess, mark: int, decoder: str) -> None:
+    """Return once the worker's pipeline runs (or it has exited by itself)."""
+    running: Callable[[], bool] = (
+        (lambda: h.in_hand(mark).two_groups) if decoder == "process" else (lambda: h.checked(mark) > 0)
+    )
+    h.wait_for(lambda: running() or not worker.alive(), 120, "the pipeline to run", interval=0.005)
+
+
+def _moment(mode: str, h: Harness, worker: WorkerProcess, db_path: Path, rng: random.Random) -> None:
     """Return at the moment to kill (or when the worker has exited by itself)."""
-    deadline = time.monotonic() + 30
     if mode == "random":
-        time.sleep(rng.uniform(0.05, 1.5))
+        time.sleep(rng.uniform(0, 0.05))
     elif mode == "mid-write":
-        while worker.alive() and time.monotonic() < deadline and not writer_busy(db_path):
-            time.sleep(0.002)
-        time.sleep(rng.uniform(0, 0.03))
-    else:  # after-commit
+        h.wait_for(lambda: writer_busy(db_path) or not worker.alive(), 30, "a write", interval=0.002)
+        time.sleep(rng.uniform(0, 0.01))
+    else:
         before = _envelope_count(db_path)
-        while worker.alive() and time.monotonic() < deadline and _envelope_count(db_path) == before:
-            time.sleep(0.003)
+        h.wait_for(lambda: _envelope_count(db_path) != before or not worker.alive(), 30, "a commit", 0.002)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("decoder", ["inline", "process"])
 @pytest.mark.parametrize("backend", ["local", "sqs"])
-def test_sigkill_worker_20_times_loses_nothing(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    events = Generator(SEED).events(EVENTS)
-    expected = Expected.of(events)
-    per_message = 100 if backend == "local" else 500
-    bodies = [body for body, _ in pack(events, per_message)]
-    step = -(-len(bodies) // CHUNKS)
-    chunks = [bodies[i : i + step] for i in range(0, len(bodies), step)]
+def test_sigkill_worker_20_times_loses_nothing(
+    backend: str, decoder: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    generator, expected = Generator(SEED), Expected()
+    sent = 0
     db = tmp_path / "firehose.db"
-
-    if backend == "local":
-        queue_path = tmp_path / "queue.db"
-        queue = LocalQueue(queue_path)
-        url, env = f"local:{queue_path}", child_env()
-
-        def leftovers() -> tuple[int, int, int]:
-            state = local_queue_state(queue_path)
-            return state.visible, state.in_flight, state.dead
-    else:
-        endpoint = request.getfixturevalue("moto_server")
-        client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
-        url, dlq_url = make_sqs_queue(client, f"crash-{int(time.time() * 1000)}")
-        queue = SqsQueue(url, client)  # type: ignore[assignment]
-        env = child_env(AWS_ENDPOINT_URL_SQS=endpoint)
-
-        def leftovers() -> tuple[int, int, int]:
-            visible, in_flight = sqs_depth(client, url)
-            return visible, in_flight, sum(sqs_depth(client, dlq_url))
-
+    moto = request.getfixturevalue("moto_server") if backend == "sqs" else None
     rng = random.Random(SEED)
     kills: Counter[str] = Counter()
-    streak = rounds = clean_rounds = 0
+    two_groups_at_kill = most_in_hand = streak = rounds = clean_rounds = 0
     logs = tmp_path / "logs"
-    while kills.total() < KILLS:
-        assert rounds < 3 * KILLS, f"only {kills.total()} kills landed in {rounds} rounds"
-        if chunks:
-            assert queue.send_all(chunks.pop(0)).ok
-        rounds += 1
-        worker = WorkerProcess(db, url, logs, f"round{rounds}", visibility_timeout=VISIBILITY, env=env)
-        try:
-            if streak >= 3:
-                rc = worker.wait(180)
-                assert rc == 0, worker.output()[-3000:]
-                streak, clean_rounds = 0, clean_rounds + 1
-                continue
-            mode = rng.choices(["random", "mid-write", "after-commit"], weights=[5, 3, 2])[0]
-            _trigger(mode, worker, db, rng)
-            if worker.signal(signal.SIGKILL):
-                worker.wait(30)
-                kills[mode] += 1
-                streak += 1
-            else:
-                assert worker.proc.returncode == 0, worker.output()[-3000:]
-                streak = 0
-        finally:
-            worker.stop()
 
-    for rest in chunks:
-        assert queue.send_all(rest).ok
-    final = WorkerProcess(db, url, logs, "final", visibility_timeout=VISIBILITY, env=env)
-    assert final.finish(300) == 0, final.output()[-3000:]
+    with harness(backend, tmp_path, db, moto_server=moto) as h:
 
-    got = assert_exactly_once(db, expected)
-    assert leftovers() == (0, 0, 0), "the queue (or its dead-letter queue) is not empty"
+        def feed(messages: int) -> None:
+            # Made round by round, so the whole stream (300,000 events) is never in memory at once.
+            nonlocal sent
+            events = generator.events(messages * PER_MESSAGE)
+            expected.add(events)
+            bodies = [body for body, _ in pack(events, PER_MESSAGE)]
+            for start in range(0, len(bodies), 10):
+                assert h.queue.send_all(bodies[start : start + 10]).ok
+            sent += len(bodies)
+
+        while kills.total() < KILLS:
+            assert rounds < 3 * KILLS, f"only {kills.total()} kills landed in {rounds} rounds"
+            if streak < 3:  # a round that will be killed starts with a deep queue
+                feed(ROUND_MESSAGES)
+            rounds += 1
+            mark = h.mark()
+            worker = WorkerProcess(
+                db, h.url, logs, f"round{rounds}", visibility_timeout=VISIBILITY, env=h.env(), decode=decoder
+            )
+            try:
+                if streak >= 3:
+                    assert h.wait(worker, 180) == 0, worker.output()[-3000:]
+                    streak, clean_rounds = 0, clean_rounds + 1
+                    continue
+                _await_pipeline(h, worker, mark, decoder)
+                mode = rng.choices(["random", "mid-write", "after-commit"], weights=[4, 3, 3])[0]
+                _moment(mode, h, worker, db, rng)
+                if worker.signal(signal.SIGKILL):
+                    worker.wait(30)
+                    h.settle()
+                    kills[mode] += 1
+                    streak += 1
+                    held = h.in_hand(mark)  # the log is complete: the worker is dead
+                    two_groups_at_kill += held.two_groups
+                    most_in_hand = max(most_in_hand, held.messages)
+                else:
+                    assert worker.proc.returncode == 0, worker.output()[-3000:]
+                    streak = 0
+            finally:
+                worker.stop()
+            h.check()
+
+        final = WorkerProcess(db, h.url, logs, "final", visibility_timeout=VISIBILITY, env=h.env(), decode=decoder)
+        assert h.wait(final, 300) == 0, final.output()[-3000:]
+
+        got = assert_exactly_once(db, expected)
+        assert leftovers(h) == (0, 0, 0), "the queue (or its dead-letter queue) is not empty"
+        overlapped = h.overlapped_deletes()
+        checked = h.checked()
+    assert checked >= sent
+    if decoder == "process":
+        assert two_groups_at_kill >= KILLS * 3 // 4, f"{two_groups_at_kill} of {KILLS} kills hit two groups"
+        assert overlapped > 0
+    else:  # one group at a time: the measure must never see two
+        assert two_groups_at_kill == 0 and overlapped == 0, (two_groups_at_kill, overlapped)
     redelivered = sum(1 for count in got.envelopes.values() if (count or 1) > 1)
-    queue.close()
     print(
-        f"\n[crash-worker:{backend}] kills={kills.total()} {dict(kills)} clean_rounds={clean_rounds} "
-        f"events_offered={expected.offered} unique_events={len(expected.events)} "
-        f"updates={len(expected.adjustments)} messages={len(bodies)} redelivered_messages={redelivered} lost=0"
+        f"\n[crash-worker:{backend}:{decoder}] kills={kills.total()} {dict(kills)} "
+        f"kills_with_two_groups_in_hand={two_groups_at_kill} most_messages_in_hand_at_a_kill={most_in_hand} "
+        f"groups_deleted_after_the_next_was_received={overlapped} deletes_checked={checked} "
+        f"clean_rounds={clean_rounds} events_offered={expected.offered} unique_events={len(expected.events)} "
+        f"updates={len(expected.adjustments)} messages={sent} redelivered_messages={redelivered} lost=0"
     )

@@ -51,7 +51,7 @@ def test_post_sample_data_over_http_lands_in_sqlite(tmp_path: Path) -> None:
         wait_for(lambda: count(db, "SELECT count(*) FROM envelopes") == 2)
         assert stack.stop_worker() == 0
     assert count(db, "SELECT count(*) FROM events") == len(unique_events)
-    assert count(db, "SELECT count(*) FROM adjustments") == len(unique_updates) == 4
+    assert count(db, "SELECT count(*) FROM adjustments") == len(unique_updates) >= 4
     assert count(db, "SELECT count(*) FROM rejects") == 0
     log = (tmp_path / "logs" / "chalice-local.log").read_text()
     assert "e2e-token" not in log

@@ -3,9 +3,9 @@
 A FaultProxy (tests/faultkit.py) sits between the producer/worker and moto. It answers with
 503s, 500s and throttling errors, cuts connections before or after forwarding a call, goes
 through a storm where every call fails, and stops listening for a while (connections refused).
-Before it forwards any delete, it checks that the events of the messages being deleted are
-already committed in the database. Separately, the moto server itself is stopped and started
-again mid-run.
+Every delete request that reaches it, faulted or not, is checked on arrival: the events of the
+messages it names must already be committed (tests/invariants.py). Separately, the moto server
+itself is stopped and started again mid-run, behind the same checking proxy. Both decoders.
 
 Checked: retries are bounded and back off (a storm does not turn into a request flood, one call
 makes at most max_attempts requests), no message is deleted before its events are committed,
@@ -43,14 +43,12 @@ from tests.faultkit import (
     FaultProxy,
     WorkerProcess,
     assert_exactly_once,
-    child_env,
     free_port,
-    is_update,
     pack,
     read_only,
-    wait_for,
 )
-from tests.kit import make_sqs_queue, sqs_depth
+from tests.invariants import SqsHarness
+from tests.kit import make_sqs_queue
 
 MAX_ATTEMPTS = 6  # make_client's retries={"max_attempts": 5} means 5 retries: 6 requests in all
 
@@ -91,49 +89,6 @@ class Faults:
         return PASS
 
 
-class CommitCheck:
-    """Before a delete is forwarded: are the events of each message already in the database?"""
-
-    def __init__(self, db_path: Path, keys_of: dict[str, tuple[set[str], set[int]]]) -> None:
-        self.db_path, self.keys_of = db_path, keys_of
-        self.checked = 0
-        self.violations: list[str] = []
-
-    def __call__(self, receipts: list[str], bodies: list[str | None]) -> None:
-        for body in bodies:
-            if body is None or body not in self.keys_of:
-                self.violations.append("delete of a receipt the proxy never handed out")
-                continue
-            events, updates = self.keys_of[body]
-            have_events = have_updates = 0
-            if self.db_path.exists():
-                with contextlib.closing(read_only(self.db_path)) as db:
-                    if events:
-                        marks = ",".join("?" * len(events))
-                        have_events = db.execute(
-                            f"SELECT count(*) FROM events WHERE tune_event_id IN ({marks})", sorted(events)
-                        ).fetchone()[0]
-                    if updates:
-                        marks = ",".join("?" * len(updates))
-                        have_updates = db.execute(
-                            f"SELECT count(*) FROM adjustments WHERE adjustment_sequence_id IN ({marks})",
-                            sorted(updates),
-                        ).fetchone()[0]
-            self.checked += 1
-            if have_events != len(events) or have_updates != len(updates):
-                self.violations.append(
-                    f"message deleted with {len(events) - have_events} events and "
-                    f"{len(updates) - have_updates} updates not committed"
-                )
-
-
-def _keys(events: list[dict[str, Any]]) -> tuple[set[str], set[int]]:
-    return (
-        {str(e["tune_event_id"]) for e in events if not is_update(e)},
-        {int(e["adjustment_sequence_id"]) for e in events if is_update(e)},
-    )
-
-
 def _sqs_settings(url: str, endpoint: str) -> Any:
     return load_settings(
         {"QUEUE_URL": url, "AWS_ENDPOINT_URL_SQS": endpoint, "AWS_REGION": "us-east-1"}, dotenv_path=None
@@ -156,28 +111,26 @@ def _send_until_accepted(queue: SqsQueue, bodies: list[str]) -> int:
 
 
 @pytest.mark.slow
-def test_worker_under_http_faults_deletes_only_after_commit_and_loses_nothing(tmp_path: Path, moto_server: str) -> None:
-    client = boto3.client("sqs", endpoint_url=moto_server, region_name="us-east-1")
-    url, dlq_url = make_sqs_queue(client, f"faults-{time.time_ns()}", max_receive_count=10)
+@pytest.mark.parametrize("decoder", ["inline", "process"])
+def test_worker_under_http_faults_deletes_only_after_commit_and_loses_nothing(
+    tmp_path: Path, moto_server: str, decoder: str
+) -> None:
     events = Generator(61).events(10_000)
     expected = Expected.of(events)
     packed = pack(events, 100)
     db_path = tmp_path / "firehose.db"
     faults = Faults(61)
-    proxy = FaultProxy(moto_server, faults)
-    check = CommitCheck(db_path, {body: _keys(evs) for body, evs in packed})
-    proxy.before_delete = check
+    h = SqsHarness(moto_server, db_path, f"faults-{time.time_ns()}", decide=faults, max_receive_count=10)
+    proxy = h.proxy
     try:
         # The producer side: SqsQueue.send_all through the faults, resending what failed.
-        producer = SqsQueue(url, make_client(_sqs_settings(url, proxy.url)))
+        producer = SqsQueue(h.url, make_client(_sqs_settings(h.url, proxy.url)))
         send_attempts = _send_until_accepted(producer, [body for body, _ in packed])
         producer.close()
 
-        worker = WorkerProcess(
-            db_path, url, tmp_path, visibility_timeout=5, env=child_env(AWS_ENDPOINT_URL_SQS=proxy.url)
-        )
+        worker = WorkerProcess(db_path, h.url, tmp_path, visibility_timeout=5, env=h.env(), decode=decoder)
         try:
-            wait_for(lambda: bool(check.checked) or not worker.alive(), 120, "the first delete")
+            h.wait_for(lambda: h.checked() > 0 or not worker.alive(), 120, "the first delete")
             # A storm: every call fails for 4 s.
             with faults.lock:
                 faults.mode = "storm"
@@ -191,26 +144,26 @@ def test_worker_under_http_faults_deletes_only_after_commit_and_loses_nothing(tm
             proxy.refuse()
             time.sleep(3)
             proxy.accept()
-            rc = worker.wait(300)
+            rc = h.wait(worker, 300)
         finally:
             worker.stop()
         output = worker.output()
+        got = assert_exactly_once(db_path, expected)
+        assert h.depth() == (0, 0, 0)
+        checked = h.checked()
     finally:
-        proxy.close()
+        h.close()
 
     assert rc == 0, output[-3000:]
-    assert not check.violations, check.violations[:5]
-    assert check.checked >= len(packed)
+    assert checked >= len(packed)  # every delete request, faulted or not, was checked on arrival
     assert storm_requests <= 40, f"{storm_requests} requests in a 4 s storm: retries do not back off"
     injected = {a: proxy.count(action=a) for a in (UNAVAILABLE, THROTTLE, INTERNAL, DROP, LOST)}
     assert all(injected.values()), injected
     for operation in ("SendMessageBatch", "ReceiveMessage", "DeleteMessageBatch"):
         assert faults.calls.get(operation, 0) >= len(SCRIPT), f"{operation} did not meet every kind of fault"
-    got = assert_exactly_once(db_path, expected)
-    assert sqs_depth(client, url) == (0, 0) and sqs_depth(client, dlq_url) == (0, 0)
     print(
-        f"\n[queue-faults] requests={len(proxy.log)} injected={injected} storm_requests={storm_requests} "
-        f"send_attempts={send_attempts} deletes_checked={check.checked} events={expected.offered} "
+        f"\n[queue-faults:{decoder}] requests={len(proxy.log)} injected={injected} storm_requests={storm_requests} "
+        f"send_attempts={send_attempts} deletes_checked={checked} events={expected.offered} "
         f"redelivered_messages={sum(1 for c in got.envelopes.values() if (c or 1) > 1)} lost=0"
     )
 
@@ -237,28 +190,25 @@ def test_one_call_makes_a_bounded_number_of_attempts(moto_server: str) -> None:
 
 
 @pytest.mark.slow
-def test_moto_restarted_mid_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("decoder", ["inline", "process"])
+def test_moto_restarted_mid_run(tmp_path: Path, decoder: str) -> None:
     """The SQS server goes away (connections refused) and comes back with its state; the worker
-    rides it out and lands everything once."""
+    rides it out and lands everything once. The checking proxy stays up in front of it."""
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
+    db_path = tmp_path / "firehose.db"
+    h = SqsHarness(endpoint, db_path, f"restart-{time.time_ns()}")
     try:
-        client = boto3.client("sqs", endpoint_url=endpoint, region_name="us-east-1")
-        url, dlq_url = make_sqs_queue(client, f"restart-{time.time_ns()}")
         events = Generator(62).events(10_000)
         expected = Expected.of(events)
-        queue = SqsQueue(url, client)
         bodies = [body for body, _ in pack(events, 100)]
         for start in range(0, len(bodies), 10):
-            assert queue.send_all(bodies[start : start + 10]).ok
-        db_path = tmp_path / "firehose.db"
-        worker = WorkerProcess(
-            db_path, url, tmp_path, visibility_timeout=5, env=child_env(AWS_ENDPOINT_URL_SQS=endpoint)
-        )
+            assert h.queue.send_all(bodies[start : start + 10]).ok
+        worker = WorkerProcess(db_path, h.url, tmp_path, visibility_timeout=5, env=h.env(), decode=decoder)
         try:
-            wait_for(lambda: (db_path.exists() and _events(db_path) > 0) or not worker.alive(), 120, "progress")
+            h.wait_for(lambda: (db_path.exists() and _events(db_path) > 0) or not worker.alive(), 120, "progress")
             server.stop()
             assert server._server is not None
             server._server.server_close()  # really stop listening: connections are refused
@@ -268,13 +218,15 @@ def test_moto_restarted_mid_run(tmp_path: Path) -> None:
             assert worker.alive(), worker.output()[-3000:]
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
             server.start()
-            rc = worker.wait(300)
+            rc = h.wait(worker, 300)
         finally:
             worker.stop()
         assert rc == 0, worker.output()[-3000:]
         assert_exactly_once(db_path, expected)
-        assert sqs_depth(client, url) == (0, 0) and sqs_depth(client, dlq_url) == (0, 0)
+        assert h.depth() == (0, 0, 0)
+        assert h.checked() >= len(bodies)
     finally:
+        h.close()
         server.stop()
 
 

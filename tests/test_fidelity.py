@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from chalicelib.queues.local import LocalQueue
 from tests.kit import deliver, drain, one, rows
-from worker.coerce import _iso_utc, iso_utc
+from worker.coerce import iso_utc
 
 CLICK = {
     "action": "click",
@@ -313,7 +313,39 @@ def test_lone_surrogate_is_a_reject_not_a_crash(local_queue: LocalQueue, db: Pat
 @example(253_402_300_799)  # 9999-12-31T23:59:59Z, the last
 @example(253_402_300_800)
 @example(10**20)
-def test_event_time_utc_is_spelt_as_strftime_spells_it(epoch: int) -> None:
+@example(1_476_127_152)  # CLICK's datetime
+@example(951_782_400)  # 2000-02-29, a leap day in a century year
+@example(-2_203_891_200)  # 1900-03-01, the day after a century year with no leap day
+def test_event_time_utc_is_spelt_as_iso_8601_everywhere(epoch: int) -> None:
     """`iso_utc` formats the time of day itself (datetime formatting per event was a tenth of the
-    decoding time); it must equal strftime's spelling everywhere, out-of-range included (None)."""
-    assert iso_utc(epoch) == _iso_utc(epoch)
+    decoding time). It is held to a reference that shares no code with it, neither `_iso_utc` nor
+    `datetime`: the calendar computed from the day count, years 1 to 9999, None outside."""
+    assert iso_utc(epoch) == reference_iso_utc(epoch)
+
+
+def reference_iso_utc(epoch: int) -> str | None:
+    """YYYY-MM-DDTHH:MM:SSZ of a Unix time in the proleptic Gregorian calendar, by Howard Hinnant's
+    days-to-civil algorithm (eras of 400 years, years starting on 1 March)."""
+    days, second = divmod(epoch, 86_400)
+    era, day_of_era = divmod(days + 719_468, 146_097)  # days since 0000-03-01, split in 400-year eras
+    year_of_era = (day_of_era - day_of_era // 1_460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted_month = (5 * day_of_year + 2) // 153  # 0 is March
+    day = day_of_year - (153 * shifted_month + 2) // 5 + 1
+    month = shifted_month + 3 if shifted_month < 10 else shifted_month - 9
+    year = year_of_era + 400 * era + (month <= 2)
+    if not 1 <= year <= 9_999:
+        return None
+    hours, rest = divmod(second, 3_600)
+    return f"{year:04d}-{month:02d}-{day:02d}T{hours:02d}:{rest // 60:02d}:{rest % 60:02d}Z"
+
+
+def test_the_reference_calendar_knows_fixed_dates() -> None:
+    """The reference itself, on dates known from outside the code."""
+    assert reference_iso_utc(0) == "1970-01-01T00:00:00Z"
+    assert reference_iso_utc(-1) == "1969-12-31T23:59:59Z"
+    assert reference_iso_utc(951_868_799) == "2000-02-29T23:59:59Z"
+    assert reference_iso_utc(1_709_164_800) == "2024-02-29T00:00:00Z"
+    assert reference_iso_utc(-62_135_596_800) == "0001-01-01T00:00:00Z"
+    assert reference_iso_utc(253_402_300_799) == "9999-12-31T23:59:59Z"
+    assert reference_iso_utc(253_402_300_800) is None and reference_iso_utc(-62_135_596_801) is None

@@ -9,7 +9,7 @@ import pytest
 import db.netfs as netfs
 from chalicelib.queues.local import LocalQueue
 from commands.cli import main
-from db.netfs import NetworkFileSystem, check_local, mount_of
+from db.netfs import NetworkFileSystem, check_local, mount_of, read_mounts
 from tests.kit import send
 from tests.ops_kit import bodies, count
 
@@ -42,8 +42,8 @@ def test_longest_mount_point_wins(fake_mounts: Path) -> None:
     assert _fs_type(fake_mounts / "remote-not-really" / "x.db") == "ext4"
     with pytest.raises(NetworkFileSystem, match="nfs4"):
         check_local(fake_mounts / "remote" / "firehose.db")
-    check_local(fake_mounts / "remote" / "local disk" / "firehose.db")
-    check_local(fake_mounts / "remote" / "firehose.db", allow_network_fs=True)
+    assert check_local(fake_mounts / "remote" / "local disk" / "firehose.db") is None  # allowed
+    assert check_local(fake_mounts / "remote" / "firehose.db", allow_network_fs=True) is None
 
 
 @pytest.mark.parametrize("fs_type", ["nfs", "nfs4", "cifs", "smb3", "smbfs", "fuse.sshfs"])
@@ -55,7 +55,16 @@ def test_network_types(tmp_path: Path, fs_type: str) -> None:
 
 
 def test_no_mount_table_means_no_refusal(tmp_path: Path) -> None:
-    check_local(tmp_path / "db.sqlite", mounts_path=str(tmp_path / "does-not-exist"))
+    """Without /proc/self/mounts (not Linux) nothing is known about the file system, so nothing is
+    refused; the same path under a table that names it a network mount is."""
+    missing, path = str(tmp_path / "does-not-exist"), tmp_path / "share" / "db.sqlite"
+    assert read_mounts(missing) == []
+    assert mount_of(path, mounts_path=missing) is None
+    assert check_local(path, mounts_path=missing) is None  # returned: allowed
+    table = tmp_path / "mounts"
+    table.write_text(f"srv:/x {tmp_path}/share nfs rw 0 0\n")
+    with pytest.raises(NetworkFileSystem):
+        check_local(path, mounts_path=str(table))
 
 
 def test_worker_refuses_and_says_why(fake_mounts: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -99,15 +99,37 @@ def test_local_stale_receipt_cannot_delete(local_queue: LocalQueue) -> None:
     assert local_queue.delete([second.receipt]) == []
 
 
-def test_local_redrive_returns_dead_letters(local_queue: LocalQueue) -> None:
-    local_queue.max_receives = 1
-    local_queue.send_all(["p"])
-    local_queue.receive(1, 0, 0)
-    assert local_queue.receive(1, 0, 0) == []
-    assert local_queue.depth().dead == 1
-    assert local_queue.redrive() == 1
-    [m] = local_queue.receive(1, 0, 30)
+def _dead_letter(queue: Queue, bodies: list[str]) -> None:
+    """Receive `bodies` until the queue moves them all to its dead-letter queue (maxReceiveCount 5)."""
+    queue.send_all(bodies)
+    for _ in range(12):
+        if queue.depth().dead == len(bodies):
+            return
+        queue.receive(10, 1, 0)
+    raise AssertionError(f"not dead-lettered: {queue.depth()}")
+
+
+def test_redrive_returns_dead_letters_with_a_fresh_count(any_queue: Queue) -> None:
+    assert any_queue.redrive().moved == 0  # nothing dead: nothing to do
+    _dead_letter(any_queue, ["p"])
+    steps: list[int] = []
+    result = any_queue.redrive(on_moved=steps.append)
+    assert (result.moved, result.failed) == (1, 0) and sum(steps) == 1
+    assert any_queue.depth().dead == 0
+    [m] = any_queue.receive(1, 1, 30)
     assert m.body == "p" and m.receive_count == 1
+    assert any_queue.delete([m.receipt]) == []
+
+
+def test_redrive_moves_at_most_the_limit(any_queue: Queue) -> None:
+    bodies = [f"dead-{i}" for i in range(3)]
+    _dead_letter(any_queue, bodies)
+    assert any_queue.redrive(limit=2).moved == 2
+    assert any_queue.depth().dead == 1
+    assert any_queue.redrive().moved == 1
+    depth = any_queue.depth()
+    assert (depth.visible, depth.dead) == (3, 0)
+    assert sorted(m.body for m in drain(any_queue)) == bodies
 
 
 def test_local_queue_is_shared_by_processes_without_double_delivery(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -9,7 +9,7 @@ import pytest
 
 from db.schema import LATEST_VERSION, SchemaTooNew, migrate, statements
 from db.store import DatabaseFault, Store
-from tests.kit import one
+from tests.kit import one, rows
 
 
 def test_fresh_database_gets_every_migration(tmp_path: Path) -> None:
@@ -69,6 +69,26 @@ def test_a_failing_migration_leaves_the_database_as_it_was(tmp_path: Path, monke
 
 def test_statement_splitter_keeps_semicolons_inside_strings() -> None:
     assert statements("SELECT ';';\n-- c\nSELECT 2;\n") == ["SELECT ';';", "-- c\nSELECT 2;"]
+
+
+def test_version_3_database_gets_the_exact_views_keeping_rows(tmp_path: Path) -> None:
+    """Migration 4 replaces the views in place: the rows stay, the sums become exact and per currency."""
+    path = tmp_path / "v3.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    migrate(db, target=3)
+    for key, currency, payout in (("a", "USD", 100_000), ("b", "USD", 200_000), ("c", "EUR", 300_000)):
+        db.execute(
+            "INSERT INTO events (tune_event_id, key_source, action, event_time, event_time_utc, currency, "
+            "payout_micros, raw_json, ingested_at) VALUES (?, 'x', 'click', 0, '1970-01-01T00:00:00Z', ?, ?, '{}', 1)",
+            (key, currency, payout),
+        )
+    db.close()
+    Store.open(path).close()
+    assert one(path, "PRAGMA user_version") == LATEST_VERSION >= 4
+    assert rows(path, "SELECT date, currency, gross_payout FROM daily_stats ORDER BY currency") == [
+        ("1970-01-01", "EUR", 0.3),
+        ("1970-01-01", "USD", 0.3),  # 0.1 + 0.2, not 0.30000000000000004
+    ]
 
 
 def test_unopenable_database_is_a_clear_fault(tmp_path: Path) -> None:

@@ -17,8 +17,11 @@ import gzip
 import inspect
 import json
 import logging
+import os
 import signal
 import string
+import subprocess
+import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -32,13 +35,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import app as app_module
-from chalicelib import ingest
+from chalicelib import ingest, runtime
 from chalicelib.codec import decode_body
 from chalicelib.queues.local import LocalQueue
 from chalicelib.queues.sqs import SqsQueue
 from chalicelib.settings import Settings, load_settings
-from tests.faultkit import PLANTED_AWS_SECRET, PLANTED_TOKEN, ChaliceLocal, WorkerProcess, child_env
+from tests.faultkit import PLANTED_AWS_SECRET, PLANTED_TOKEN, ChaliceLocal, WorkerProcess, child_env, wait_for
 
+ROOT = Path(__file__).resolve().parent.parent
 TOKEN = PLANTED_TOKEN
 EVENTS = [{"action": "click", "tune_event_id": "s1"}, {"action": "conversion", "tune_event_id": "s2", "payout": 1.5}]
 LEAKS = (TOKEN, PLANTED_AWS_SECRET, "Traceback", 'File "')
@@ -259,7 +263,8 @@ def test_worker_output_carries_no_secret(tmp_path: Path, moto_server: str) -> No
     url = f"{moto_server}/123456789012/missing-{time.time_ns()}"
     worker = WorkerProcess(tmp_path / "db.sqlite", url, tmp_path, until_empty=False, env=env)
     try:
-        time.sleep(3)
+        # SIGTERM once the worker has met the refusal (its log says so), not after a guessed sleep.
+        wait_for(lambda: "queue unreachable" in worker.output(), 60, "the worker to log 'queue unreachable'")
         worker.signal(signal.SIGTERM)
         rc = worker.wait(60)
     finally:
@@ -387,3 +392,56 @@ def test_fuzz_never_500_and_rejected_requests_enqueue_nothing(
     else:
         assert set(reply) == {"error"}
         assert queued(queue) == before, "a rejected request enqueued something"
+
+
+# -- on Lambda, no token means no service ------------------------------------------------------------------
+
+SQS_URL = "https://sqs.us-east-1.amazonaws.com/123456789012/tune-firehose-prod"
+
+
+def cold_start(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Import app.py as Lambda does at a cold start, in a clean directory (no .env), with `env`."""
+    base = {k: v for k, v in os.environ.items() if k not in ("QUEUE_URL", "FIREHOSE_TOKEN", "ALLOW_ANONYMOUS")}
+    return subprocess.run(
+        [sys.executable, "-c", "import app"],
+        cwd=tmp_path,
+        env={**base, "PYTHONPATH": str(ROOT), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_on_lambda_without_a_token_the_cold_start_fails_saying_why(tmp_path: Path) -> None:
+    """Finding 9: deployed without FIREHOSE_TOKEN, the endpoint accepted anyone's events."""
+    done = cold_start(tmp_path, AWS_LAMBDA_FUNCTION_NAME="tune-firehose-prod", QUEUE_URL=SQS_URL)
+    assert done.returncode != 0
+    assert "SettingsError: FIREHOSE_TOKEN is not set on Lambda (function tune-firehose-prod)" in done.stderr
+    assert "ALLOW_ANONYMOUS=true" in done.stderr
+
+
+@pytest.mark.parametrize("extra", [{"FIREHOSE_TOKEN": TOKEN}, {"ALLOW_ANONYMOUS": "true"}], ids=["token", "anonymous"])
+def test_on_lambda_a_token_or_an_explicit_opt_out_serves(tmp_path: Path, extra: dict[str, str]) -> None:
+    done = cold_start(tmp_path, AWS_LAMBDA_FUNCTION_NAME="tune-firehose-prod", QUEUE_URL=SQS_URL, **extra)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_on_lambda_a_local_queue_is_refused(tmp_path: Path) -> None:
+    """A deployed stage without QUEUE_URL would write a file on the function's disk that no worker reads."""
+    done = cold_start(tmp_path, AWS_LAMBDA_FUNCTION_NAME="tune-firehose-dev", FIREHOSE_TOKEN=TOKEN)
+    assert done.returncode != 0
+    assert "QUEUE_URL must be an SQS queue URL on Lambda (function tune-firehose-dev)" in done.stderr
+
+
+def test_off_lambda_the_endpoint_stays_open_without_a_token(tmp_path: Path) -> None:
+    """chalice local and the tests: no AWS_LAMBDA_FUNCTION_NAME, no token, no refusal."""
+    queue = LocalQueue(tmp_path / "queue.db")
+    try:
+        settings = load_settings({"QUEUE_URL": f"local:{queue.path}"}, dotenv_path=None)
+        runtime.check_can_serve(settings, {})
+        app_module.runtime.reset(settings=settings, queue=queue)
+        with Client(app_module.app) as client:
+            assert post(client, json.dumps(EVENTS)).status_code == 202
+    finally:
+        app_module.runtime.reset()
+        queue.close()

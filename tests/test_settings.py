@@ -70,3 +70,24 @@ def test_command_line_overrides_win_and_are_validated() -> None:
     assert s.local_queue_path == "/tmp/q.db" and s.db_path == "env.db"
     with pytest.raises(SettingsError, match="QUEUE_URL"):
         load_settings({}, dotenv_path=None, overrides={"QUEUE_URL": "ftp://nope"})
+
+
+@pytest.mark.parametrize(
+    "raw, expected", [(None, False), ("", False), ("false", False), ("0", False), ("true", True), ("YES", True)]
+)
+def test_allow_anonymous_is_a_flag(raw: str | None, expected: bool) -> None:
+    env = {} if raw is None else {"ALLOW_ANONYMOUS": raw}
+    assert load_settings(env, dotenv_path=None).allow_anonymous is expected
+
+
+def test_allow_anonymous_refuses_anything_else_naming_itself() -> None:
+    with pytest.raises(SettingsError, match="ALLOW_ANONYMOUS must be true or false, got 'maybe'"):
+        load_settings({"ALLOW_ANONYMOUS": "maybe"}, dotenv_path=None)
+
+
+def test_the_decoded_limit_is_defined_once() -> None:
+    """The 32 MiB default: settings take the codec's, so endpoint, worker and packing agree."""
+    from chalicelib import codec, settings
+
+    assert settings.DEFAULT_MAX_DECODED_BYTES is codec.DEFAULT_MAX_DECODED_BYTES
+    assert load_settings({}, dotenv_path=None).max_decoded_bytes == codec.DEFAULT_MAX_DECODED_BYTES

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +18,10 @@ import pytest
 from bench.drain import child_pids
 from bench.generate import Generator
 from chalicelib.queues.local import LocalQueue
+from db.batch import Incoming
 from db.store import TABLES, Store
+from tests.faultkit import wait_for
+from tests.invariants import LocalHarness
 from tests.kit import deliver, drain, one, rows, tune_message
 from worker.decoders import Decoder, InlineDecoder, ProcessDecoder, _read_frame, _write_frame, decode_batch, serve
 from worker.loop import Limits, Worker
@@ -77,7 +81,7 @@ def test_redelivery_of_a_committed_message_changes_nothing(local_queue: LocalQue
     batch.add_message(message.message_id, message.body, 1)
     store.write(batch)  # committed, but the "crash" means no delete
     before = rows(db, "SELECT * FROM events ORDER BY 1")
-    time.sleep(1.1)
+    wait_for(lambda: local_queue.depth().visible == 1, 10, "the message's visibility timeout to run out")
     assert worker.run(until_empty=True) == 0
     assert rows(db, "SELECT * FROM events ORDER BY 1") == before
     assert worker.totals.written.duplicates == 2 and local_queue.depth().visible == 0
@@ -117,9 +121,12 @@ def test_graceful_stop_commits_and_deletes_the_batch_in_hand(
     assert depth.visible * 10 + written == 300
 
 
-def test_batches_overlap_and_commit_in_order(local_queue: LocalQueue, tmp_path: Path) -> None:
+def test_batches_overlap_and_commit_in_order(tmp_path: Path) -> None:
     """With the helper, the next batch is received and decoding before this one is written, and the
-    batches are still written oldest first, each deleted only after its own commit."""
+    batches are still written oldest first, each deleted only after its own commit (checked inside
+    each delete by the queue file's trigger, tests/invariants.py)."""
+    watch = LocalHarness(tmp_path / "q.db", tmp_path / "f.db", tmp_path)
+    local_queue = watch.queue
     deliver(local_queue, *[[ev(i * 10 + j) for j in range(10)] for i in range(40)])
     seen: list[tuple[int, int]] = []
 
@@ -140,6 +147,10 @@ def test_batches_overlap_and_commit_in_order(local_queue: LocalQueue, tmp_path: 
     firsts = [first for _, first in seen]
     assert firsts == sorted(firsts)  # oldest batch first
     assert local_queue.depth().in_flight == local_queue.depth().visible == 0
+    watch.check()  # no message was deleted before its events were committed
+    assert watch.checked() == 40
+    assert watch.overlapped_deletes() > 0  # batches were deleted while the next was already in hand
+    watch.close()
 
 
 def test_a_dead_helper_is_replaced_and_its_batch_decoded_here(local_queue: LocalQueue, tmp_path: Path) -> None:
@@ -149,9 +160,9 @@ def test_a_dead_helper_is_replaced_and_its_batch_decoded_here(local_queue: Local
     with ProcessDecoder() as decoder:
         first = decoder.start().pid
         os.kill(first, signal.SIGKILL)
-        got = decoder.submit(items, 1 << 20, 1_700_000_000).whole()
+        got = Incoming(decoder.submit(items, 1 << 20, 1_700_000_000)).whole()
         assert got == decode_batch(items, 1 << 20, 1_700_000_000)
-        again = decoder.submit(items, 1 << 20, 1_700_000_000).whole()
+        again = Incoming(decoder.submit(items, 1 << 20, 1_700_000_000)).whole()
         assert decoder.pid != first  # a new helper took over...
         assert as_stored(again) == as_stored(got)  # ...and decodes the same
 
@@ -177,16 +188,14 @@ def test_helper_protocol_one_frame_per_message_then_an_end(local_queue: LocalQue
 
 
 def test_rows_built_for_binding_store_the_same_values(tmp_path: Path) -> None:
-    """The worker's decoders build rows with empty columns as binding.NULL (`Batch.bound`), so the
-    writer binds them as they are. The database must then hold exactly what the ordinary rows give."""
+    """The worker builds rows with empty columns as NaN (`worker.rows.NULL`), and the store binds
+    them as they are. The database must then hold exactly what the same rows with None give."""
     events = Generator(7).events(600)  # the benchmark's mix: every kind of event, updates, duplicates
     events[5] = {"tune_event_id": "no-action"}  # and a reject
     items = [(f"m{i}", tune_message(events[i : i + 100]), 1) for i in range(0, len(events), 100)]
-    plain = Batch()  # rows as other callers build them, with None
-    for message_id, body, receive_count in items:
-        plain.add_message(message_id, body, receive_count, 1 << 25, 1_700_000_000)
     bound = decode_batch(items, 1 << 25, 1_700_000_000)  # the worker's, whichever decoder
-    assert bound.bound and not plain.bound
+    plain = Batch(*as_stored(bound))  # the same rows with None
+    assert any(v != v for row in bound.events for v in row) and not any(v != v for row in plain.events for v in row)
     assert not [v for row in bound.events for v in row if v is None]  # nothing left for `bindable` to do
     assert as_stored(bound) == as_stored(plain)
     for name, batch in (("plain", plain), ("bound", bound)):
@@ -232,11 +241,18 @@ def test_worker_cli_until_empty_and_sigterm(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "events 20" in done.stderr  # the progress/summary line
     assert one(db, "SELECT count(*) FROM events") == 20
-    # A long-polling worker stops promptly on SIGTERM and exits 0.
+    # A long-polling worker stops promptly on SIGTERM and exits 0, signalled once it says it is ready.
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    proc.terminate()
-    assert proc.wait(timeout=10) == 0
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr or []), daemon=True)
+    reader.start()
+    try:
+        wait_for(lambda: any("worker started" in line for line in lines) or proc.poll() is not None, 60, "ready")
+        assert proc.poll() is None, "".join(lines)
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0, "".join(lines)
+    finally:
+        proc.kill()
 
 
 def test_bad_setting_fails_at_start_naming_it(tmp_path: Path) -> None:

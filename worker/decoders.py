@@ -1,81 +1,148 @@
-"""Turn received messages into the rows of one transaction: here, or in a helper process.
+"""Turn received messages into rows, one part per message: here, or in a helper process.
 
 Decoding (base64, gzip, JSON, typed rows) is Python work that holds the GIL, and so is most of
 what SQLite's `executemany` costs through Python, so threads cannot overlap them (bench/RESULTS.md
-measured it). A helper process can: while the worker writes one batch, the helper decodes the
-next. The helper holds no state and touches neither the queue nor the database; if it dies, the
-batch is decoded here instead (so a message that crashes decoding fails in the worker, with its
-traceback) and a new helper is started.
+measured it). A helper process can: while the worker writes one transaction, the helper decodes
+the next. The helper holds no state and touches neither the queue nor the database. Nothing a
+message holds makes decoding raise (`Batch.add_message` turns it into a reject), so no message
+can end the helper; if it dies all the same (killed, out of memory), the rest of its messages
+are decoded here and a new helper is started.
 
 The helper is a plain child process talking over its stdin and stdout: length-prefixed `marshal`
-data (both ends are the same interpreter; it loads rows faster than pickle), one request per batch
-in, one frame per decoded message back and an empty frame to end the batch.
+data (both ends are the same interpreter; it loads rows faster than pickle). One request per group
+of received messages goes in; back come, for each message in order, its rows in frames of about
+`CHUNK_BYTES` each, then an empty frame ends the group. Each frame ends with a trailer giving the
+message's size (rows, decoded bytes), so the worker can cut its transactions before it loads a
+message's rows. The worker holds at most `READ_AHEAD_BYTES` of frames it has not taken; beyond that
+the pipe fills and the helper waits, so large messages never pile up in memory.
 It needs no multiprocessing machinery (no resource tracker process, nothing that outlives the
 worker): when the worker dies, the helper reads end-of-file and exits.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import marshal
 import os
 import signal
+import struct
 import subprocess
 import sys
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from queue import SimpleQueue
+from queue import Empty, SimpleQueue
 from typing import IO, Protocol
 
-from db.batch import Incoming
+from db.batch import Rows
 from worker.rows import Batch
 
 try:
     import fcntl
 except ImportError:  # not on Windows
-    fcntl = None  # type: ignore[assignment]
+    fcntl = None  # type: ignore[assignment]  # no fcntl on Windows: pipes keep their default size
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tune_firehose.decoders")
 
 # (message_id, body, receive_count): what decoding needs from a received message.
 Item = tuple[str, str, int | None]
 _ROOT = Path(__file__).resolve().parent.parent
 _HEADER = 8
+# After a frame's marshalled rows: the message's rows and decoded bytes, and what follows.
+_TRAILER = struct.Struct(">QQB")
+_MORE, _LAST, _ABANDONED = 0, 1, 2  # _ABANDONED: the helper failed mid-message; decode it here
+# Rows per frame, by decoded bytes: a large message crosses the pipe, and is loaded, piece by piece.
+CHUNK_BYTES = 1024 * 1024
+# Frames the worker holds before it takes them: enough for the helper to decode ahead while a
+# transaction is written, few enough to bound memory whatever the messages.
+READ_AHEAD_BYTES = 8 * 1024 * 1024
+
+
+def decode_message(item: Item, max_decoded_bytes: int, now: int) -> Batch:
+    """One message's rows. Never raises: what cannot be decoded or stored becomes a reject."""
+    message_id, body, receive_count = item
+    batch = Batch()
+    batch.add_message(message_id, body, receive_count, max_decoded_bytes, now)
+    return batch
 
 
 def decode_batch(items: Sequence[Item], max_decoded_bytes: int, now: int) -> Batch:
-    """The rows of `items`, built to be bound as they are (`Batch.bound`)."""
-    batch = Batch(bound=True)
+    """The rows of all of `items` together (the worker itself takes them part by part: `Decoder`)."""
+    batch = Batch()
     for message_id, body, receive_count in items:
         batch.add_message(message_id, body, receive_count, max_decoded_bytes, now)
     return batch
 
 
+class Parts(Protocol):
+    """The rows of submitted messages, one `Rows` per message, in order."""
+
+    def __iter__(self) -> Iterator[Rows]: ...
+
+    def __next__(self) -> Rows: ...
+
+    def peek(self) -> tuple[int, int] | None:
+        """The next part's `size` and `decoded_bytes`, before its rows are loaded; None at the end."""
+        ...
+
+    def close(self) -> None:
+        """Give up the parts not taken (the worker stopped before writing them)."""
+        ...
+
+
 class Decoder(Protocol):
-    # True when `submit` returns before decoding is done, so the caller can write meanwhile.
+    # True when decoding runs beside the caller, so the caller can write meanwhile.
     overlaps: bool
 
-    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Incoming: ...
+    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Parts: ...
 
     def close(self) -> None: ...
 
 
+class _InlineParts:
+    """Decodes each message here, when its part (or its size) is first asked for."""
+
+    def __init__(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> None:
+        self._items, self._max, self._now = deque(items), max_decoded_bytes, now
+        self._ahead: Batch | None = None
+
+    def __iter__(self) -> Iterator[Rows]:
+        return self
+
+    def peek(self) -> tuple[int, int] | None:
+        if self._ahead is None and self._items:
+            self._ahead = decode_message(self._items.popleft(), self._max, self._now)
+        return None if self._ahead is None else (self._ahead.size, self._ahead.decoded_bytes)
+
+    def __next__(self) -> Rows:
+        if self.peek() is None:
+            raise StopIteration
+        part, self._ahead = self._ahead, None
+        assert part is not None
+        return part
+
+    def close(self) -> None:
+        self._items.clear()
+        self._ahead = None
+
+
 class InlineDecoder:
-    """Decodes in the calling thread, before `submit` returns."""
+    """Decodes in the calling thread, each message as its part is taken."""
 
     overlaps = False
 
-    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Incoming:
-        return Incoming([decode_batch(items, max_decoded_bytes, now)])
+    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Parts:
+        return _InlineParts(items, max_decoded_bytes, now)
 
     def close(self) -> None:
         pass
 
 
 def _write_frame(stream: IO[bytes], payload: bytes) -> None:
-    stream.write(len(payload).to_bytes(_HEADER, "big") + payload)
+    stream.write(len(payload).to_bytes(_HEADER, "big"))
+    stream.write(payload)  # not joined to its header: that would copy a large frame once more
 
 
 def _read_frame(stream: IO[bytes]) -> bytes | None:
@@ -88,6 +155,45 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload if len(payload) == size else None
 
 
+def _chunks(batch: Batch) -> Iterator[Rows]:
+    """The message's rows in pieces of about CHUNK_BYTES of decoded text (a row is never split)."""
+    chunk, held = Rows(), 0
+    # (table, where its rows hold their decoded text)
+    for table, text_at in (("envelopes", 3), ("rejects", 4), ("adjustments", -3), ("events", -3)):
+        for row in getattr(batch, table):
+            getattr(chunk, table).append(row)
+            held += len(row[text_at] or "")
+            if held >= CHUNK_BYTES:
+                yield chunk
+                chunk, held = Rows(), 0
+    if held or chunk.envelopes or chunk.size:
+        yield chunk
+
+
+def _frames(item: Item, max_decoded_bytes: int, now: int) -> Iterator[bytes]:
+    """One message's frames. No message can make this raise (and so end the helper): if decoding
+    or sending it fails here all the same (out of memory; a value marshal cannot write), the
+    message is abandoned to the worker, which decodes it itself, exactly as `--decode inline` would."""
+    try:
+        batch = decode_message(item, max_decoded_bytes, now)
+        size, decoded_bytes = batch.size, batch.decoded_bytes
+        chunks = list(_chunks(batch)) or [Rows()]
+        del batch
+        for index, chunk in enumerate(chunks):
+            flag = _LAST if index == len(chunks) - 1 else _MORE
+            rows = (chunk.events, chunk.adjustments, chunk.envelopes, chunk.rejects, decoded_bytes if index == 0 else 0)
+            frame = marshal.dumps(rows) + _TRAILER.pack(size, decoded_bytes, flag)
+            chunks[index] = Rows()  # sent: let it go
+            yield frame
+    except Exception as exc:
+        log.error("the decoding helper could not decode message %s (%r); the worker decodes it", item[0], exc)
+        yield _ABANDON
+
+
+# The last frame of a message the helper gave up: empty rows, the worker decodes the message itself.
+_ABANDON = marshal.dumps(([], [], [], [], 0)) + _TRAILER.pack(0, 0, _ABANDONED)
+
+
 def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     """The helper's loop: decode each request one message at a time, so it never holds more than
     one message's rows, and send each message's rows as soon as they are built."""
@@ -96,15 +202,31 @@ def serve(stdin: IO[bytes], stdout: IO[bytes]) -> None:
     while (request := _read_frame(stdin)) is not None:
         items, max_decoded_bytes, now = marshal.loads(request)  # noqa: S302 - from the worker that started us
         for item in items:
-            batch = decode_batch([item], max_decoded_bytes, now)
-            _write_frame(stdout, marshal.dumps((batch.events, batch.adjustments, batch.envelopes, batch.rejects)))
+            for frame in _frames(item, max_decoded_bytes, now):
+                _write_frame(stdout, frame)
             stdout.flush()
         _write_frame(stdout, b"")
         stdout.flush()
 
 
+def _keep_large_blocks_out_of_the_heap() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, so later large blocks (a
+    message's JSON, its text) come from the heap, which rarely shrinks: the helper would keep the
+    peak of its largest messages for good. A fixed threshold (which mallopt sets) returns them to
+    the system when freed (bench/memory.py: with 1 MiB events, the helper's peak went from 155 to
+    54 MB). Other C libraries have no such threshold, or no mallopt: nothing to do there."""
+    try:
+        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+    except (OSError, AttributeError):
+        pass
+
+
+_M_MMAP_THRESHOLD = -3  # glibc's malloc.h
+
+
 def helper_main() -> None:
     """The helper process (started by `_Helper`)."""
+    _keep_large_blocks_out_of_the_heap()
     # Ctrl-C reaches the whole process group; the worker decides when to stop, and then closes the
     # helper's stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -119,12 +241,51 @@ class HelperDied(RuntimeError):
     pass
 
 
+class _Window:
+    """Bytes of frames read from the helper and not yet taken by the worker, held under a limit.
+
+    One frame larger than the limit alone still passes (a message larger than the limits is still
+    decoded, alone). Once closed, nothing waits."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit, self.held, self.closed = limit, 0, False
+        self._cond = threading.Condition()
+
+    def admit(self, size: int) -> None:
+        with self._cond:
+            while not self.closed and self.held and self.held + size > self.limit:
+                self._cond.wait()
+            self.held += size
+
+    def release(self, size: int) -> None:
+        with self._cond:
+            self.held -= size
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
 class _Reply:
     """The frames of one request, handed over by the reader thread as they arrive."""
 
-    def __init__(self) -> None:
+    def __init__(self, window: _Window) -> None:
+        self.window = window
         self.frames: SimpleQueue[bytes | None] = SimpleQueue()  # None: the end
         self.failed = False
+        self.discarded = False
+        self._lock = threading.Lock()
+
+    def put(self, frame: bytes) -> None:
+        """From the reader thread: waits while the worker holds READ_AHEAD_BYTES it has not taken."""
+        self.window.admit(len(frame))
+        with self._lock:
+            if self.discarded:
+                self.window.release(len(frame))
+            else:
+                self.frames.put(frame)
 
     def end(self, failed: bool = False) -> None:
         self.failed = failed
@@ -132,9 +293,24 @@ class _Reply:
 
     def __iter__(self) -> Iterator[bytes]:
         while (frame := self.frames.get()) is not None:
+            self.window.release(len(frame))
             yield frame
         if self.failed:
             raise HelperDied("the decoding helper process exited")
+
+    def discard(self) -> None:
+        """Nobody will take the rest: drop what is here and what comes, so the helper goes on."""
+        with self._lock:
+            self.discarded = True
+            while True:
+                try:
+                    frame = self.frames.get_nowait()
+                except Empty:
+                    break
+                if frame is None:
+                    self.frames.put(None)  # the end stays the end
+                    break
+                self.window.release(len(frame))
 
 
 def _widen_pipe(stream: IO[bytes] | None) -> None:
@@ -149,7 +325,7 @@ def _widen_pipe(stream: IO[bytes] | None) -> None:
 
 
 class _Helper:
-    def __init__(self) -> None:
+    def __init__(self, read_ahead_bytes: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "worker.decoders"],
             cwd=_ROOT,  # where `worker` is importable from, whatever the worker's own directory
@@ -157,7 +333,8 @@ class _Helper:
             stdout=subprocess.PIPE,
         )
         _widen_pipe(self.proc.stdout)
-        self.ready = _Reply()
+        self.window = _Window(read_ahead_bytes)
+        self.ready = _Reply(self.window)
         self.replies: deque[_Reply] = deque([self.ready])
         self.alive = True
         self._lock = threading.Lock()
@@ -188,16 +365,17 @@ class _Helper:
         assert self.proc.stdout is not None
         while (frame := _read_frame(self.proc.stdout)) is not None:
             if frame:
-                self.replies[0].frames.put(frame)
+                self.replies[0].put(frame)
             else:
-                self.replies.popleft().end()
+                with self._lock:
+                    self.replies.popleft().end()
         with self._lock:
             self.alive = False
             while self.replies:
                 self.replies.popleft().end(failed=True)
 
     def send(self, items: list[Item], max_decoded_bytes: int, now: int) -> _Reply:
-        reply = _Reply()
+        reply = _Reply(self.window)
         with self._lock:  # the reader matches replies to requests in order
             if not self.alive:
                 reply.end(failed=True)
@@ -207,6 +385,7 @@ class _Helper:
         return reply
 
     def close(self) -> None:
+        self.window.close()  # the reader no longer waits for the worker to take frames
         self._requests.put(None)
         self._writer.join(timeout=10)
         try:
@@ -217,20 +396,99 @@ class _Helper:
         self._reader.join(timeout=10)
 
 
+class _HelperParts:
+    """The parts of one request, as the helper sends them; decoded here instead if it dies."""
+
+    def __init__(self, reply: _Reply, items: list[Item], max_decoded_bytes: int, now: int) -> None:
+        self._reply, self._max, self._now = reply, max_decoded_bytes, now
+        self._items = deque(items)  # not yet taken, in order
+        self._frames: Iterator[bytes] | None = iter(reply)
+        self._ahead: bytes | Batch | None = None  # the next part: its first frame, or its rows
+
+    def __iter__(self) -> Iterator[Rows]:
+        return self
+
+    def peek(self) -> tuple[int, int] | None:
+        if self._ahead is None and self._items:
+            self._ahead = self._frame()
+            if self._ahead is None:  # the helper is gone
+                self._ahead = decode_message(self._items[0], self._max, self._now)
+        if isinstance(self._ahead, Batch):
+            return self._ahead.size, self._ahead.decoded_bytes
+        if self._ahead is None:
+            return None
+        size, decoded_bytes, _flag = _TRAILER.unpack_from(self._ahead, len(self._ahead) - _TRAILER.size)
+        return size, decoded_bytes
+
+    def __next__(self) -> Rows:
+        if self.peek() is None:
+            raise StopIteration
+        first, self._ahead = self._ahead, None
+        item = self._items.popleft()
+        if isinstance(first, Batch):
+            return first
+        assert first is not None
+        part = self._load(first, item)
+        return part if part is not None else decode_message(item, self._max, self._now)
+
+    def _frame(self) -> bytes | None:
+        if self._frames is None:
+            return None
+        try:
+            return next(self._frames)
+        except (HelperDied, StopIteration):
+            log.error("the decoding helper died mid-batch; decoding its other %d messages here", len(self._items))
+            self._frames = None
+            return None
+
+    def _load(self, frame: bytes | None, item: Item) -> Batch | None:
+        """A message's rows from its frames, the first one given; None: decode it here instead."""
+        part = Batch()
+        while frame is not None:
+            flag = frame[-1]
+            if flag == _ABANDONED:
+                return None
+            try:
+                events, adjustments, envelopes, rejects, decoded_bytes = marshal.loads(frame)  # noqa: S302 - our own helper's output
+            except Exception as exc:  # a frame cut wrong: decode this one message here
+                log.error(
+                    "a frame from the decoding helper cannot be read (%r); decoding message %s here", exc, item[0]
+                )
+                self._skip(flag)
+                return None
+            part.extend(Rows(events, adjustments, envelopes, rejects, decoded_bytes))
+            if flag == _LAST:
+                return part
+            frame = self._frame()
+        return None
+
+    def _skip(self, flag: int) -> None:
+        """Pass over the rest of a message's frames."""
+        while flag == _MORE and (frame := self._frame()) is not None:
+            flag = frame[-1]
+
+    def close(self) -> None:
+        if self._items:
+            self._items.clear()
+            self._ahead = None
+            self._reply.discard()
+
+
 class ProcessDecoder:
     """Decodes in one helper process, started now and again whenever it has died."""
 
     overlaps = True
 
-    def __init__(self) -> None:
+    def __init__(self, read_ahead_bytes: int = READ_AHEAD_BYTES) -> None:
         self._helper: _Helper | None = None
+        self.read_ahead_bytes = read_ahead_bytes
 
     def _running(self) -> _Helper:
         if self._helper is None or not self._helper.alive:
             if self._helper is not None:
                 log.error("the decoding helper process exited (%s); starting a new one", self._helper.proc.poll())
                 self._helper.close()
-            self._helper = _Helper()
+            self._helper = _Helper(self.read_ahead_bytes)
         return self._helper
 
     @property
@@ -246,21 +504,9 @@ class ProcessDecoder:
             log.error("the decoding helper process did not start; batches are decoded here until one does")
         return self
 
-    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Incoming:
+    def submit(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> Parts:
         items = list(items)
-        reply = self._running().send(items, max_decoded_bytes, now)
-
-        def parts() -> Iterator[Batch]:
-            done = 0  # one frame per message, in order
-            try:
-                for frame in reply:
-                    yield Batch(*marshal.loads(frame), bound=True)  # noqa: S302 - our own helper's output, never outside input
-                    done += 1
-            except HelperDied:
-                log.error("the decoding helper died mid-batch; decoding its other %d messages here", len(items) - done)
-                yield decode_batch(items[done:], max_decoded_bytes, now)
-
-        return Incoming(parts())
+        return _HelperParts(self._running().send(items, max_decoded_bytes, now), items, max_decoded_bytes, now)
 
     def close(self) -> None:
         if self._helper is not None:

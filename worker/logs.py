@@ -1,5 +1,10 @@
 """Logging for the worker and the commands: human text (default) or one JSON object a line.
 
+Every logger is named `tune_firehose.<part>` (endpoint, sqs, store, postgres, netfs, worker,
+decoders, batches, metrics, merge, reprocess), never after its module: the names are what an operator
+filters and alerts on, so moving a file does not rename them. `configure` below is the one logging
+set-up of the worker and the commands.
+
 Structured fields travel in `extra={"data": {...}}`; the JSON formatter lifts them to the top
 level. Only identifiers and counts go there: never message bodies, events or settings, which
 may hold personal data or secrets.

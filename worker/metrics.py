@@ -3,6 +3,11 @@
 Each `Metrics` has its own registry, so several workers in one process (tests) never share
 counters. The worker feeds it as an observer: after every committed batch, and with a queue
 depth sample about once a second.
+
+The lag is now minus the newest event time stored, never negative. Event times are the sender's
+clock, so one dated more than FUTURE_SKEW_SECONDS ahead of now when it is stored is left out:
+otherwise a single hostile or mis-clocked event would hold the lag at zero (or below) for years,
+and an alert on it could never fire.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from prometheus_client import (
 )
 
 from db.batch import EVENT_COLUMNS
+from db.store import FUTURE_SKEW_SECONDS, newest_event_time
 
 if TYPE_CHECKING:
     from chalicelib.queues import Depth, Message
@@ -76,7 +82,9 @@ class Metrics:
             "tune_firehose_newest_event_timestamp_seconds", "Event time (epoch) of the newest event stored", registry=r
         )
         self.ingest_lag = Gauge(
-            "tune_firehose_ingest_lag_seconds", "Now minus the event time of the newest event stored", registry=r
+            "tune_firehose_ingest_lag_seconds",
+            "Now minus the event time of the newest event stored (future-dated events left out), never negative",
+            registry=r,
         )
         self._newest: float | None = None
         self._lock = threading.Lock()
@@ -88,11 +96,14 @@ class Metrics:
 
     def _lag(self) -> float:
         with self._lock:
-            return math.nan if self._newest is None else time.time() - self._newest
+            return math.nan if self._newest is None else max(0.0, time.time() - self._newest)
 
-    def _saw_event_time(self, when: float | None) -> None:
-        if when is None:
+    def _saw_event_times(self, times: list[int]) -> None:
+        horizon = time.time() + FUTURE_SKEW_SECONDS
+        plausible = [t for t in times if t <= horizon]
+        if not plausible:
             return
+        when = max(plausible)
         with self._lock:
             if self._newest is None or when > self._newest:
                 self._newest = when
@@ -101,11 +112,11 @@ class Metrics:
     def seed(self, db: sqlite3.Connection) -> None:
         """Start the lag from what the database already holds (the index makes this cheap)."""
         try:
-            (newest,) = db.execute("SELECT max(event_time) FROM events").fetchone()
+            newest = newest_event_time(db, time.time())
         except sqlite3.Error as exc:
             log.warning("could not read the newest event time: %s", exc)
             return
-        self._saw_event_time(newest)
+        self._saw_event_times([] if newest is None else [newest])
 
     # -- worker observer ---------------------------------------------------------------------
 
@@ -117,10 +128,8 @@ class Metrics:
         self.adjustments.inc(stats.adjustments)
         self.rejects.inc(stats.rejects)
         self.commit_seconds.observe(commit_seconds)
-        # An empty event_time is None, or binding.NULL (a NaN) in rows built for binding.
-        times = [t for row in batch.events if type(t := row[_EVENT_TIME]) is int]
-        if times:
-            self._saw_event_time(max(times))
+        # An empty event_time is None, or worker.rows.NULL (a NaN) in rows built for binding.
+        self._saw_event_times([t for row in batch.events if type(t := row[_EVENT_TIME]) is int])
 
     def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None:
         if depth is None:

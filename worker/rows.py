@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import time
 from typing import Any
 
-from chalicelib.codec import CodecError, decode_body, dump_event_text, event_problem
+from chalicelib.codec import MAX_EVENT_BYTES, CodecError, decode_body, dump_event_text, event_problem
 from db.batch import (
     BOOL_FIELDS,
     EVENT_COLUMNS,
@@ -22,7 +23,6 @@ from db.batch import (
     TIME_FIELDS,
     Rows,
 )
-from db.binding import NULL, to_null
 from worker.coerce import (
     INT64_MAX,
     INT64_MIN,
@@ -30,14 +30,34 @@ from worker.coerce import (
     iso_utc,
     strict_int,
     to_bool,
+    to_count,
     to_epoch,
     to_int,
     to_micros,
     to_text,
 )
 
-MAX_EVENT_BYTES = 1024 * 1024
 MAX_REJECT_RAW_CHARS = 1024 * 1024
+
+
+def _nan_binds_as_null() -> bool:
+    db = sqlite3.connect(":memory:")
+    try:
+        return bool(db.execute("SELECT typeof(?)", (float("nan"),)).fetchone()[0] == "null")
+    finally:
+        db.close()
+
+
+# How an empty column is built. Python's sqlite3 binds None through its adapter registry (a tuple, a
+# dict lookup and two attribute lookups per value), which costs more than the rest of an events row
+# together: most of its ~100 columns are empty. A float NaN binds directly and SQLite stores it as
+# NULL (sqlite3VdbeMemSetDouble never stores a NaN), so the rows are built with NaN there and the
+# store binds them as they are (bench/RESULTS.md measured the difference). No value is ever a NaN of
+# its own: the coercers turn non-finite numbers into None or a reject. The behaviour is checked once
+# per process; NULL stays None if a SQLite build ever differs. Only this module knows.
+NULL: float | None = float("nan") if _nan_binds_as_null() else None
+_NULLS: dict[Any, Any] = {None: NULL}
+to_null = _NULLS.get  # to_null(value, value): the value as it binds fastest
 
 STANDARD, CREATE, UPDATE = "standard", "create", "update"
 _ADJUST_ACTIONS = {"1": CREATE, "create": CREATE, "2": UPDATE, "update": UPDATE}
@@ -86,21 +106,18 @@ _FIELD_SLOTS: dict[str, tuple[int, str]] = {
 }
 _HEAD_COLUMNS = 8  # tune_event_id .. num, filled first
 _MONEY_AT = EVENT_COLUMNS.index("payout_micros")
-_EMPTY_EVENT_ROW: list[Any] = [None] * len(EVENT_COLUMNS)
-_BOUND_EVENT_ROW: list[Any] = [NULL] * len(EVENT_COLUMNS)
+_EMPTY_EVENT_ROW: list[Any] = [NULL] * len(EVENT_COLUMNS)
 assert EVENT_COLUMNS[_MONEY_AT : _MONEY_AT + len(MONEY_FIELDS)] == [f"{m}_micros" for m in MONEY_FIELDS]
 assert EVENT_COLUMNS[_HEAD_COLUMNS - 1] == "num" and EVENT_COLUMNS[-3:] == ["raw_json", "message_id", "ingested_at"]
 
 
-def event_row(
-    event: dict[str, Any], kind: str, raw: str, message_id: str | None, now: int, bound: bool = False
-) -> tuple[Any, ...]:
-    """`bound`: columns the event leaves empty hold `binding.NULL` (see `Batch.bound`)."""
+def event_row(event: dict[str, Any], kind: str, raw: str, message_id: str | None, now: int) -> tuple[Any, ...]:
+    """The events row; the columns the event leaves empty hold `NULL`."""
     key, source = event_key(event)
     when = to_epoch(event.get("datetime"))
     get = event.get
     created = kind == CREATE or bool(to_bool(get("created_from_adjustment")))
-    row = (_BOUND_EVENT_ROW if bound else _EMPTY_EVENT_ROW).copy()
+    row = _EMPTY_EVENT_ROW.copy()
     # Only the head (num) and the money columns can raise; they are coerced in column order, so a
     # reject names the first bad field.
     head = (
@@ -111,12 +128,11 @@ def event_row(
         when,
         iso_utc(when),
         to_text(get("datetime")),
-        strict_int(get("num"), "num"),
+        to_count(get("num"), "num"),
     )
     money = _money(event)
-    if bound:  # the columns filled for every event, often with None
-        head, money = map(to_null, head, head), map(to_null, money, money)
-    row[:_HEAD_COLUMNS] = head
+    # The columns filled for every event, often with None.
+    row[:_HEAD_COLUMNS] = map(to_null, head, head)
     slots = _FIELD_SLOTS
     for name, value in event.items():
         slot = slots.get(name)
@@ -132,7 +148,7 @@ def event_row(
             row[index] = to_bool(value)
         else:
             row[index] = to_epoch(value)
-    row[_MONEY_AT : _MONEY_AT + len(MONEY_FIELDS)] = money
+    row[_MONEY_AT : _MONEY_AT + len(MONEY_FIELDS)] = map(to_null, money, money)
     row[-3:] = (raw, message_id, now)
     return tuple(row)
 
@@ -149,7 +165,7 @@ def adjustment_row(event: dict[str, Any], raw: str, message_id: str | None, now:
         sequence,
         str(target).strip(),
         event["action"].strip().lower(),
-        strict_int(event.get("num"), "num"),
+        to_count(event.get("num"), "num"),
         *_money(event),
         at,
         iso_utc(at),
@@ -172,7 +188,14 @@ def reject_row(message_id: str | None, index: int | None, reason: str, raw: str,
     key = hashlib.sha256(f"{scope}\0{raw}".encode("utf-8", "surrogatepass")).hexdigest()
     if len(raw) > MAX_REJECT_RAW_CHARS:
         raw = raw[:MAX_REJECT_RAW_CHARS] + f"... [truncated: {len(raw)} characters in all]"
-    return (key, message_id, index, reason, raw, now)
+    return (key, message_id, index, _storable_text(reason), _storable_text(raw), now)
+
+
+def _storable_text(text: str) -> str:
+    """`text` as SQLite can hold it: a lone UTF-16 surrogate (valid in JSON, not in UTF-8) is escaped."""
+    if text.isascii() or _is_utf8_encodable(text):
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _is_utf8_encodable(text: str) -> bool:
@@ -183,8 +206,27 @@ def _is_utf8_encodable(text: str) -> bool:
     return True
 
 
+def _describe(exc: BaseException) -> str:
+    """An unforeseen error, named for a reject's reason (never raising itself)."""
+    try:
+        detail = str(exc)[:200]
+    except Exception:  # a hostile value's __str__ must not escape either
+        detail = ""
+    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)[:1000]
+    except Exception:  # too deep to print, say
+        return f"<{type(value).__name__} that cannot be printed>"
+
+
 class Batch(Rows):
-    """Rows for one transaction, built here from queue messages (see `Rows`)."""
+    """Rows for one transaction, built here from queue messages (see `Rows`).
+
+    Nothing a message holds can make these methods raise: what cannot be decoded or stored becomes
+    a reject row with its reason (the message's, or the one event's), and the rest goes on."""
 
     def add_events(
         self, events: list[Any], message_id: str | None, now: int | None = None, raws: list[str] | None = None
@@ -192,37 +234,46 @@ class Batch(Rows):
         """`raws`, when given, is each event's `dump_event_text` already (see `Decoded.raw`)."""
         now = int(time.time()) if now is None else now
         for index, event in enumerate(events):
-            if raws is not None:
-                raw = raws[index]
-            else:
-                try:
-                    raw = dump_event_text(event)
-                except (ValueError, RecursionError):
-                    self.rejects.append(
-                        reject_row(message_id, index, "event cannot be serialised", repr(event)[:1000], now)
-                    )
-                    continue
-            problem = event_problem(event)
-            if problem is None and len(raw) > MAX_EVENT_BYTES:
-                problem = f"is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte per-event limit"
-            if not raw.isascii() and not _is_utf8_encodable(raw):
-                # JSON allows "\ud800" but SQLite text must be valid UTF-8: keep it, escaped, in rejects.
-                problem = problem or "holds a lone UTF-16 surrogate, which is not valid Unicode text"
-                raw = json.dumps(event, separators=(",", ":"), ensure_ascii=True)
-            if problem is None:
-                try:
-                    kind = event_kind(event)
-                    if kind == UPDATE:
-                        self.adjustments.append(adjustment_row(event, raw, message_id, now))
-                    else:
-                        self.events.append(event_row(event, kind, raw, message_id, now, self.bound))
-                    continue
-                except FieldError as exc:
-                    problem = str(exc)
-                except (ValueError, TypeError, ArithmeticError) as exc:
-                    # A coercion we did not foresee: reject this event, never the whole batch.
-                    problem = f"cannot be stored ({type(exc).__name__}: {str(exc)[:200]})"
-            self.rejects.append(reject_row(message_id, index, f"event {index}: {problem}", raw, now))
+            raw = raws[index] if raws is not None else self._raw(index, event, message_id, now)
+            if raw is None:
+                continue
+            try:
+                self._add_event(index, event, raw, message_id, now)
+            except Exception as exc:  # unforeseen: reject this event, never its message or batch
+                self._reject(message_id, index, f"event {index}: cannot be stored ({_describe(exc)})", raw, now)
+
+    def _raw(self, index: int, event: Any, message_id: str | None, now: int) -> str | None:
+        """The event's JSON as stored (`dump_event_text`), or None when it has none: then rejected."""
+        try:
+            return dump_event_text(event)
+        except Exception:  # too deep, or not JSON at all
+            self._reject(message_id, index, "event cannot be serialised", _safe_repr(event), now)
+            return None
+
+    def _add_event(self, index: int, event: Any, raw: str, message_id: str | None, now: int) -> None:
+        problem = event_problem(event)
+        if problem is None and len(raw) > MAX_EVENT_BYTES:
+            problem = f"is {len(raw)} bytes, over the {MAX_EVENT_BYTES} byte per-event limit"
+        if not raw.isascii() and not _is_utf8_encodable(raw):
+            # JSON allows "\ud800" but SQLite text must be valid UTF-8: keep it, escaped, in rejects.
+            problem = problem or "holds a lone UTF-16 surrogate, which is not valid Unicode text"
+            raw = json.dumps(event, separators=(",", ":"), ensure_ascii=True)
+        if problem is None:
+            try:
+                kind = event_kind(event)
+                if kind == UPDATE:
+                    self.adjustments.append(adjustment_row(event, raw, message_id, now))
+                else:
+                    self.events.append(event_row(event, kind, raw, message_id, now))
+                self.decoded_bytes += len(raw)
+                return
+            except FieldError as exc:
+                problem = str(exc)
+        self._reject(message_id, index, f"event {index}: {problem}", raw, now)
+
+    def _reject(self, message_id: str | None, index: int | None, reason: str, raw: str, now: int) -> None:
+        self.rejects.append(reject_row(message_id, index, reason, raw, now))
+        self.decoded_bytes += min(len(raw), MAX_REJECT_RAW_CHARS)
 
     def add_message(
         self,
@@ -234,13 +285,30 @@ class Batch(Rows):
     ) -> int:
         """Decode one queue message into this batch; return its number of events (0 if undecodable)."""
         now = int(time.time()) if now is None else now
+        mark = self._mark()
         try:
-            decoded = decode_body(body, max_decoded_bytes) if max_decoded_bytes else decode_body(body)
-        except CodecError as exc:
-            self.rejects.append(reject_row(message_id, None, f"message undecodable: {exc}", body, now))
-            self.envelopes.append((message_id, now, receive_count, None, 0))
+            try:
+                decoded = decode_body(body, max_decoded_bytes) if max_decoded_bytes else decode_body(body)
+            except CodecError as exc:
+                self.reject_message(message_id, body, receive_count, f"message undecodable: {exc}", now)
+                return 0
+            control = json.dumps(decoded.control, separators=(",", ":"), ensure_ascii=True) if decoded.control else None
+            self.envelopes.append((message_id, now, receive_count, control, len(decoded.events)))
+            self.add_events(decoded.events, message_id, now, decoded.raw)
+            return len(decoded.events)
+        except Exception as exc:  # unforeseen: this message is rejected whole, the batch goes on
+            self._rewind(mark)
+            self.reject_message(message_id, body, receive_count, f"message undecodable: {_describe(exc)}", now)
             return 0
-        control = json.dumps(decoded.control, separators=(",", ":"), ensure_ascii=True) if decoded.control else None
-        self.envelopes.append((message_id, now, receive_count, control, len(decoded.events)))
-        self.add_events(decoded.events, message_id, now, decoded.raw)
-        return len(decoded.events)
+
+    def reject_message(self, message_id: str, body: str, receive_count: int | None, reason: str, now: int) -> None:
+        self._reject(message_id, None, reason, body, now)
+        self.envelopes.append((message_id, now, receive_count, None, 0))
+
+    def _mark(self) -> tuple[int, int, int, int, int]:
+        return len(self.events), len(self.adjustments), len(self.envelopes), len(self.rejects), self.decoded_bytes
+
+    def _rewind(self, mark: tuple[int, int, int, int, int]) -> None:
+        """Forget what a message half-added before it failed, so it is stored whole or rejected whole."""
+        del self.events[mark[0] :], self.adjustments[mark[1] :], self.envelopes[mark[2] :], self.rejects[mark[3] :]
+        self.decoded_bytes = mark[4]

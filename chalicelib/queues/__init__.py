@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from ..settings import Settings
-from .base import Depth, Message, Queue, QueueUnavailable, SendResult
+from ..settings import Settings, SettingsError
+from .base import Depth, Message, NotAQueue, Queue, QueueUnavailable, Redriven, SendResult
 
-__all__ = ["Depth", "Message", "Queue", "QueueUnavailable", "SendResult", "open_queue"]
+__all__ = ["Depth", "Message", "NotAQueue", "Queue", "QueueUnavailable", "Redriven", "SendResult", "open_queue"]
 
 
-def open_queue(settings: Settings) -> Queue:
+def open_queue(settings: Settings, readonly: bool = False) -> Queue:
+    """The configured queue. `readonly`: only `depth()` will be asked for, so a local queue file is
+    opened for reading and left exactly as it is (SQS is only read by `depth()` anyway)."""
     if settings.queue_backend == "sqs":
         from .sqs import SqsQueue
 
@@ -16,4 +18,12 @@ def open_queue(settings: Settings) -> Queue:
         return SqsQueue.from_settings(settings)
     from .local import LocalQueue
 
-    return LocalQueue(settings.local_queue_path)
+    try:
+        return LocalQueue(settings.local_queue_path, readonly=readonly)
+    except NotAQueue as exc:
+        named = (
+            f"QUEUE_URL={settings.queue_url}"
+            if settings.queue_url
+            else "QUEUE_URL is not set, so the default local queue is used"
+        )
+        raise SettingsError(f"{named}: {exc}") from exc

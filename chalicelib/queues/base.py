@@ -6,6 +6,7 @@ tests, so code above this line never asks which one it has.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,6 +16,10 @@ MAX_BATCH_ENTRIES = 10
 
 class QueueUnavailable(Exception):
     """The queue could not be reached or refused the call; retrying later may succeed."""
+
+
+class NotAQueue(ValueError):
+    """The configured queue is not one (a local queue path that holds no SQLite file); retrying will not help."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,12 @@ class Depth:
     oldest_age_seconds: float | None = None
 
 
+@dataclass
+class Redriven:
+    moved: int = 0
+    failed: int = 0  # dead letters the main queue did not accept: they stay in the dead-letter queue
+
+
 class Queue(Protocol):
     backend: str  # "local" or "sqs"
 
@@ -66,5 +77,11 @@ class Queue(Protocol):
         ...
 
     def depth(self) -> Depth: ...
+
+    def redrive(self, limit: int | None = None, on_moved: Callable[[int], None] | None = None) -> Redriven:
+        """Move up to `limit` dead letters (default: all) back to the queue, where they arrive with a
+        fresh receive count; `on_moved(n)` after each step. A message leaves the dead-letter queue
+        only once the queue holds it again, so a failure never loses one."""
+        ...
 
     def close(self) -> None: ...

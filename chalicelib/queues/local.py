@@ -4,7 +4,8 @@ Receive takes messages whose visibility time has passed, hides them for the visi
 timeout and hands out a fresh receipt handle; only the newest receipt can delete. A message
 received more than `max_receives` times moves to `dead_letters` instead of being delivered.
 Every receive runs in a `BEGIN IMMEDIATE` transaction, so processes sharing the file never
-get the same message inside its visibility window.
+get the same message inside its visibility window. `readonly=True` opens the file for looking only
+(`status`): nothing is created, and the journal mode stays as it is.
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from .base import SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, QueueUnavailable, SendResult
+from chalicelib.sqlite import Synchronous, atomic, connect, is_busy, set_synchronous
+
+from .base import SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, NotAQueue, QueueUnavailable, Redriven, SendResult
+
+T = TypeVar("T")
 
 DEFAULT_MAX_RECEIVES = 5
 POLL_INTERVAL_SECONDS = 0.05
+BUSY_TIMEOUT_MS = 60_000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -53,23 +61,42 @@ class LocalQueue:
         path: str | os.PathLike[str],
         max_receives: int = DEFAULT_MAX_RECEIVES,
         max_message_bytes: int = SQS_LEGACY_MAX_MESSAGE_BYTES,
+        readonly: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.max_receives = max_receives
         self._max_message_bytes = max_message_bytes
         self._lock = threading.Lock()  # the worker's heartbeat thread shares this connection
-        self._db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a send that returned has reached the disk, which is what a 202 promises. Receives,
         # deletes and visibility changes commit with NORMAL (no fsync of their own; the next FULL
         # commit or checkpoint syncs them): one lost to a power cut only means a redelivery, which
         # at-least-once already allows. This removes two fsyncs per receive/delete round trip.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._synchronous = "FULL"
-        self._db.execute("PRAGMA busy_timeout=60000")
-        with self._lock:
-            self._db.executescript(_SCHEMA)
+        self._synchronous: Synchronous = "FULL"
+        try:
+            self._db = connect(
+                self.path,
+                readonly=readonly,
+                wal=True,
+                synchronous=None if readonly else self._synchronous,
+                busy_timeout_ms=BUSY_TIMEOUT_MS,
+            )
+        except sqlite3.Error as exc:
+            raise self._refusal(exc) from exc
+        try:
+            with self._lock:
+                if readonly:
+                    self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()  # is it SQLite at all?
+                else:
+                    self._db.executescript(_SCHEMA)
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise self._refusal(exc) from exc
+
+    def _refusal(self, exc: sqlite3.Error) -> Exception:
+        if is_busy(exc):
+            return QueueUnavailable(f"local queue {self.path}: {exc}")
+        # Not a passing condition: the path names something that is not a queue file.
+        return NotAQueue(f"{self.path} cannot be a local queue file: {exc}")
 
     def __repr__(self) -> str:
         return f"LocalQueue({str(self.path)!r})"
@@ -77,21 +104,15 @@ class LocalQueue:
     def max_message_bytes(self) -> int:
         return self._max_message_bytes
 
-    def _transaction(self, fn, durable: bool = False):  # type: ignore[no-untyped-def]
+    def _transaction(self, fn: Callable[[sqlite3.Connection], T], durable: bool = False) -> T:
         with self._lock:
             try:
-                synchronous = "FULL" if durable else "NORMAL"
+                synchronous: Synchronous = "FULL" if durable else "NORMAL"
                 if synchronous != self._synchronous:
-                    self._db.execute(f"PRAGMA synchronous={synchronous}")
+                    set_synchronous(self._db, synchronous)
                     self._synchronous = synchronous
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(self._db)
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-                return result
+                with atomic(self._db):
+                    return fn(self._db)
             except sqlite3.OperationalError as exc:
                 raise QueueUnavailable(f"local queue {self.path}: {exc}") from exc
 
@@ -189,28 +210,37 @@ class LocalQueue:
     def depth(self) -> Depth:
         now = time.time()
         with self._lock:
-            visible, in_flight, oldest = self._db.execute(
-                "SELECT coalesce(sum(visible_at <= ?), 0), coalesce(sum(visible_at > ?), 0), min(sent_at) "
-                "FROM messages",
-                (now, now),
-            ).fetchone()
-            (dead,) = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()
+            try:
+                visible, in_flight, oldest = self._db.execute(
+                    "SELECT coalesce(sum(visible_at <= ?), 0), coalesce(sum(visible_at > ?), 0), min(sent_at) "
+                    "FROM messages",
+                    (now, now),
+                ).fetchone()
+                (dead,) = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()
+            except sqlite3.Error as exc:  # opened read-only: a file without the queue's tables
+                raise QueueUnavailable(f"local queue {self.path}: {exc}") from exc
         return Depth(visible, in_flight, dead, None if oldest is None else max(0.0, now - oldest))
 
-    def redrive(self) -> int:
-        """Move every dead letter back to the queue with a fresh receive count."""
+    def redrive(self, limit: int | None = None, on_moved: Callable[[int], None] | None = None) -> Redriven:
+        """Move the oldest `limit` dead letters (default: all) back in one transaction."""
 
         def run(db: sqlite3.Connection) -> int:
             now = time.time()
+            # Oldest first; LIMIT -1 is SQLite's "no limit".
+            chosen = "SELECT rowid FROM dead_letters ORDER BY moved_at, rowid LIMIT ?"
+            count = -1 if limit is None else limit
             moved = db.execute(
                 "INSERT INTO messages (message_id, body, md5_of_body, sent_at, visible_at) "
-                "SELECT message_id, body, md5_of_body, sent_at, ? FROM dead_letters",
-                (now,),
+                f"SELECT message_id, body, md5_of_body, sent_at, ? FROM dead_letters WHERE rowid IN ({chosen})",
+                (now, count),
             ).rowcount
-            db.execute("DELETE FROM dead_letters")
+            db.execute(f"DELETE FROM dead_letters WHERE rowid IN ({chosen})", (count,))
             return moved
 
-        return self._transaction(run, durable=True)
+        moved = self._transaction(run, durable=True)
+        if on_moved is not None:
+            on_moved(moved)
+        return Redriven(moved=moved)
 
     def close(self) -> None:
         with self._lock:

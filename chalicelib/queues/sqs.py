@@ -14,12 +14,23 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..settings import Settings
-from .base import MAX_BATCH_ENTRIES, SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, QueueUnavailable, SendResult
+from .base import (
+    MAX_BATCH_ENTRIES,
+    SQS_LEGACY_MAX_MESSAGE_BYTES,
+    Depth,
+    Message,
+    QueueUnavailable,
+    Redriven,
+    SendResult,
+)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tune_firehose.sqs")
 
 ENTRY_RETRIES = 3
 RETRY_BASE_SECONDS = 0.1
+# Redrive: dead letters in hand stay hidden this long, so one that could not be sent back does not
+# come round again in the same run.
+DLQ_VISIBILITY_SECONDS = 300
 
 
 def region_from_url(url: str) -> str | None:
@@ -86,11 +97,13 @@ class SqsQueue:
     def __repr__(self) -> str:
         return f"SqsQueue({self.url!r})"
 
-    def _call(self, name: str, **kwargs: Any) -> dict[str, Any]:
+    def _call(self, name: str, url: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        url = url or self.url
         try:
-            return getattr(self.client, name)(QueueUrl=self.url, **kwargs)
+            response: dict[str, Any] = getattr(self.client, name)(QueueUrl=url, **kwargs)
+            return response
         except (BotoCoreError, ClientError) as exc:
-            raise QueueUnavailable(f"SQS {name} failed for {self.url}: {_describe(exc)}") from exc
+            raise QueueUnavailable(f"SQS {name} failed for {url}: {_describe(exc)}") from exc
 
     def max_message_bytes(self) -> int:
         """The queue's MaximumMessageSize, read once; 256 KiB when it cannot be read."""
@@ -229,21 +242,104 @@ class SqsQueue:
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "RedrivePolicy"],
         )["Attributes"]
         dead = None
-        policy = attrs.get("RedrivePolicy")
-        if policy:
-            arn = json.loads(policy).get("deadLetterTargetArn", "")
-            name, account = arn.rsplit(":", 1)[-1], arn.split(":")[4] if arn.count(":") >= 5 else None
+        if attrs.get("RedrivePolicy"):
             try:
-                dlq_url = self.client.get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
-                dlq = self.client.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["ApproximateNumberOfMessages"])
-                dead = int(dlq["Attributes"]["ApproximateNumberOfMessages"])
-            except (BotoCoreError, ClientError, KeyError):
+                dead = self._visible(self._dead_letter_url(attrs.get("RedrivePolicy")))
+            except QueueUnavailable:
                 dead = None
         return Depth(
             int(attrs.get("ApproximateNumberOfMessages", 0)),
             int(attrs.get("ApproximateNumberOfMessagesNotVisible", 0)),
             dead,
         )
+
+    # -- dead letters ------------------------------------------------------------------------
+
+    def _dead_letter_url(self, policy: str | None) -> str:
+        """The URL of the queue the main queue's RedrivePolicy sends dead letters to."""
+        if not policy:
+            raise QueueUnavailable(f"{self.url} has no RedrivePolicy, so it has no dead-letter queue")
+        try:
+            arn = str(json.loads(policy).get("deadLetterTargetArn", ""))
+        except (ValueError, AttributeError):
+            arn = ""
+        parts = arn.split(":")
+        if len(parts) < 6:
+            raise QueueUnavailable(f"RedrivePolicy of {self.url} names no valid deadLetterTargetArn: {arn!r}")
+        try:
+            return str(self.client.get_queue_url(QueueName=parts[5], QueueOwnerAWSAccountId=parts[4])["QueueUrl"])
+        except (BotoCoreError, ClientError, KeyError) as exc:
+            raise QueueUnavailable(f"cannot find the dead-letter queue {arn}: {exc}") from exc
+
+    def _visible(self, url: str) -> int:
+        attrs = self._call("get_queue_attributes", url, AttributeNames=["ApproximateNumberOfMessages"])
+        try:
+            return int(attrs["Attributes"]["ApproximateNumberOfMessages"])
+        except (KeyError, ValueError) as exc:
+            raise QueueUnavailable(f"{url} reported no ApproximateNumberOfMessages") from exc
+
+    def redrive(self, limit: int | None = None, on_moved: Callable[[int], None] | None = None) -> Redriven:
+        """Receive from the dead-letter queue, send to this queue, and delete from the dead-letter
+        queue only what was sent. At worst a message is in both queues for a moment, and the
+        database keys absorb the duplicate. Works on SQS-compatible servers without
+        StartMessageMoveTask."""
+        attrs = self._call("get_queue_attributes", AttributeNames=["RedrivePolicy"]).get("Attributes", {})
+        dlq = self._dead_letter_url(attrs.get("RedrivePolicy"))
+        result = Redriven()
+        failed_ids: set[str] = set()
+        empty_polls = 0
+        while limit is None or result.moved < limit:
+            want = MAX_BATCH_ENTRIES if limit is None else max(1, min(MAX_BATCH_ENTRIES, limit - result.moved))
+            got = self._call(
+                "receive_message",
+                dlq,
+                MaxNumberOfMessages=want,
+                WaitTimeSeconds=1,
+                VisibilityTimeout=DLQ_VISIBILITY_SECONDS,
+            )
+            messages = [m for m in got.get("Messages", []) if m["MessageId"] not in failed_ids]
+            if not messages:
+                # An empty short answer can miss messages on other SQS servers: ask twice.
+                empty_polls += 1
+                if empty_polls >= 2:
+                    break
+                continue
+            empty_polls = 0
+            sent = self.send_all([m["Body"] for m in messages])
+            bad = {index for index, _reason in sent.failed}
+            for index, reason in sent.failed:
+                failed_ids.add(messages[index]["MessageId"])
+                log.warning(
+                    "could not send dead letter %s back: %s",
+                    messages[index]["MessageId"],
+                    reason,
+                    extra={"data": {"message_id": messages[index]["MessageId"]}},
+                )
+            done = [m for i, m in enumerate(messages) if i not in bad]
+            self._forget_dead(dlq, done)
+            result.moved += len(done)
+            result.failed += len(bad)
+            if on_moved is not None:
+                on_moved(len(messages))
+        return result
+
+    def _forget_dead(self, dlq: str, sent: list[dict[str, Any]]) -> None:
+        """Delete dead letters that are back on the queue; a failure only leaves a harmless duplicate."""
+        if not sent:
+            return
+        entries = [{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(sent)]
+        try:
+            resp = self._call("delete_message_batch", dlq, Entries=entries)
+        except QueueUnavailable as exc:
+            log.warning("sent %d dead letters back but could not delete them (harmless): %s", len(sent), exc)
+            return
+        for miss in resp.get("Failed", []):
+            log.warning(
+                "sent dead letter %s back but could not delete it from the dead-letter queue "
+                "(the duplicate is harmless): %s",
+                sent[int(miss["Id"])]["MessageId"],
+                miss.get("Message", miss.get("Code")),
+            )
 
     def close(self) -> None:
         self.client.close()

@@ -1,0 +1,487 @@
+"""`make mutation`: mutmut over the modules that decide what is stored and what is deleted.
+
+The run happens in a private copy of the working tree (other work can go on in the checkout while
+it runs, and mutmut's `mutants/` directory never lands in the repo), with the fast tests that cover
+those modules. The score, the scope and every surviving mutant are written to docs/mutation.md,
+dated, with the commit the copy was taken from.
+
+    python -m scripts.mutation                      # all five modules (about an hour on 2 cores)
+    python -m scripts.mutation --only db/store.py   # a part, e.g. when time is short
+    python -m scripts.mutation --keep               # keep the copy, to recheck it later
+    python -m scripts.mutation --recheck DIR        # run a kept copy's survivors again with today's tests
+    python -m scripts.mutation --report-from DIR    # rewrite the report from a finished copy
+
+Mutants known to be equivalent (no behaviour can tell them from the original) are listed in
+EQUIVALENT below with the reason; the report counts them apart and gives the score both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORT = ROOT / "docs" / "mutation.md"
+
+MODULES = [
+    "worker/loop.py",
+    "db/store.py",
+    "chalicelib/queues/local.py",
+    "chalicelib/codec.py",
+    "chalicelib/ingest.py",
+]
+
+# The fast tests that exercise those modules in-process or through the worker's own processes.
+# Left out: `slow` crash/fault rounds, the browser, PostgreSQL, and the SQS (moto) variants; the
+# local queue runs the same worker paths, and a run with them does not fit in an hour here.
+TESTS = [
+    "tests/test_codec.py",
+    "tests/test_queue_contract.py",
+    "tests/test_store_contract.py",
+    "tests/test_idempotence.py",
+    "tests/test_worker.py",
+    "tests/test_invariant_worker.py",
+    "tests/test_poison.py",
+    "tests/test_endpoint.py",
+    "tests/test_fidelity.py",
+    "tests/test_end_to_end.py",
+    "tests/test_mutants_codec.py",
+    "tests/test_mutants_delete.py",
+    "tests/test_mutants_ingest.py",
+]
+PYTEST_ARGS = ["-m", "not slow", "-k", "not sqs and not postgres", "-p", "no:cacheprovider"]
+
+# Everything else the tests import or read: copied into mutmut's tree, never mutated.
+SOURCE_PATHS = ["chalicelib", "db", "worker", "commands", "app.py", "read_queue.py"]
+ALSO_COPY = [
+    "scripts",
+    "bench",
+    "docs",
+    ".chalice",
+    "sample-data.json",
+    "datasette-metadata.json",
+    "requirements.txt",
+    "requirements-dev.txt",
+    "requirements-explore.txt",
+    "README.md",
+    "Makefile",
+]
+SKIP_COPY = {".venv", ".git", "mutants", "data", ".hypothesis", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+
+# mutant name -> why no test can kill it. Names are those of the run recorded in docs/mutation.md;
+# when the code around one changes, its name can change too and it shows up as a survivor again.
+_ZIP_LOOP = (
+    "`strict=` of a zip over the messages and their parts: `_commit` takes exactly one message per part "
+    "(`job.messages[job.done : job.done + len(parts)]`), so the lengths are always equal and strict never fires"
+)
+_ZIP_PACK = (
+    "`strict=` of `zip([0, *cuts], [*cuts, len(dumped)])`: both lists are one longer than `cuts`, so the "
+    "lengths are always equal and strict never fires"
+)
+_DURABLE = (
+    "`durable=True` only asks SQLite for synchronous=FULL on the redrive's COMMIT instead of NORMAL; the two "
+    "differ only in what survives a power cut (not an application crash), which no in-process test can cause"
+)
+EQUIVALENT: dict[str, str] = {
+    "worker.loop.xǁWorkerǁ_write_each__mutmut_4": _ZIP_LOOP,
+    "worker.loop.xǁWorkerǁ_write_each__mutmut_7": _ZIP_LOOP,
+    "worker.loop.xǁWorkerǁ_write_each__mutmut_8": _ZIP_LOOP,
+    "chalicelib.codec.x__pack__mutmut_62": _ZIP_PACK,
+    "chalicelib.codec.x__pack__mutmut_65": _ZIP_PACK,
+    "chalicelib.codec.x__pack__mutmut_67": _ZIP_PACK,
+    "chalicelib.queues.local.xǁLocalQueueǁredrive__mutmut_10": (
+        "`LIMIT -2` is as unlimited as `LIMIT -1`: SQLite treats any negative LIMIT as no limit"
+    ),
+    "chalicelib.queues.local.xǁLocalQueueǁredrive__mutmut_26": _DURABLE,
+    "chalicelib.queues.local.xǁLocalQueueǁredrive__mutmut_28": _DURABLE,
+    "chalicelib.queues.local.xǁLocalQueueǁredrive__mutmut_29": _DURABLE,
+}
+
+# Whole families, judged by rule rather than by name (each rule says why).
+_SQL_VERB = re.compile(r"\b(SELECT|INSERT|UPDATE|DELETE|CREATE)\b", re.IGNORECASE)
+# Functions mutmut 3 cannot switch a mutant on in: it activates a mutant per call, in a process
+# forked after the modules were imported, and these run only once, at import.
+IMPORT_TIME = {"db.store.x__insert": "builds the INSERT statements once, at import (`INSERT_EVENTS = _insert(...)`)"}
+
+
+def judged(name: str, diff: str) -> str | None:
+    """Why a surviving mutant cannot be told apart from the original, or None."""
+    if name in EQUIVALENT:
+        return EQUIVALENT[name]
+    base = name.rpartition("__mutmut_")[0]
+    if base in IMPORT_TIME:
+        return (
+            f"never active under mutmut: the function {IMPORT_TIME[base]}; applied by hand (`'XX, XX'.join(columns)`), "
+            "test_store_contract.py fails at once"
+        )
+    removed = [t[1:] for t in diff.splitlines() if t.startswith("-") and not t.startswith("---")]
+    added = [t[1:] for t in diff.splitlines() if t.startswith("+") and not t.startswith("+++")]
+    if (
+        removed
+        and [t.lower() for t in removed] == [t.lower() for t in added]
+        and all(_SQL_VERB.search(t) or "FROM" in t.upper() for t in removed)
+        and not any("'" in t for t in removed)
+    ):
+        return "SQL keywords and identifiers are case-insensitive in SQLite: the statement is the same"
+    return None
+
+
+KILLED = {1, 3}
+TIMEOUT = {36, -24, 24, 152, 255}
+SURVIVED = {0}
+NO_TESTS = {5, 33}
+
+
+@dataclass
+class Mutant:
+    name: str
+    module: str
+    code: int | None
+    line: int
+    diff: str
+
+    @property
+    def why(self) -> str | None:
+        return judged(self.name, self.diff)
+
+    @property
+    def status(self) -> str:
+        if self.code in KILLED:
+            return "killed"
+        if self.code in TIMEOUT:
+            return "timeout"
+        if self.code in SURVIVED:
+            return "equivalent" if self.why else "survived"
+        if self.code in NO_TESTS:
+            return "no tests"
+        if self.code is None:
+            return "not checked"
+        return f"other ({self.code})"
+
+
+def snapshot() -> tuple[Path, str]:
+    """A copy of the working tree as it is now, with the venv linked, and what it was taken from."""
+    work = Path(tempfile.mkdtemp(prefix="mutation."))
+    for item in ROOT.iterdir():
+        if item.name in SKIP_COPY:
+            continue
+        if item.is_dir():
+            shutil.copytree(item, work / item.name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(item, work / item.name)
+    (work / ".venv").symlink_to(ROOT / ".venv")
+    head = _git("log", "-1", "--format=%h")
+    dirty = _git("status", "--porcelain", "--untracked-files=no")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    origin = f"{head} with uncommitted changes of {stamp}" if dirty else f"{head} (clean) at {stamp}"
+    (work / ".mutation-origin").write_text(origin)
+    return work, origin
+
+
+def _git(*args: str) -> str:
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True, check=False)
+    return done.stdout.strip()
+
+
+def configure(work: Path, modules: list[str]) -> None:
+    """mutmut 3 reads [tool.mutmut] from pyproject.toml; only the copy's gets it."""
+    conf = {
+        "source_paths": SOURCE_PATHS,
+        "only_mutate": modules,
+        "also_copy": ALSO_COPY,
+        "pytest_add_cli_args": PYTEST_ARGS,
+        "pytest_add_cli_args_test_selection": TESTS,
+        "use_git_change_detection": False,
+    }
+    lines = ["", "[tool.mutmut]"] + [f"{key} = {json.dumps(value)}" for key, value in conf.items()]
+    text = (work / "pyproject.toml").read_text()
+    text = text.split("\n[tool.mutmut]\n")[0].rstrip("\n")  # a recheck replaces the section
+    (work / "pyproject.toml").write_text(text + "\n" + "\n".join(lines) + "\n")
+
+
+def run_mutmut(work: Path, max_children: int, names: list[str] | None = None, log_name: str = "mutmut.log") -> float:
+    started = dt.datetime.now(dt.UTC)
+    log = work / log_name
+    with open(log, "w") as out:
+        subprocess.run(
+            [str(work / ".venv" / "bin" / "mutmut"), "run", "--max-children", str(max_children), *(names or [])],
+            cwd=work,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            check=False,
+        )
+    return (dt.datetime.now(dt.UTC) - started).total_seconds()
+
+
+def recheck(work: Path, modules: list[str], max_children: int) -> tuple[dict[str, int | None], float]:
+    """Run again, in a finished copy, the mutants that survived it (or that no test reached), with
+    the tests as they are now: a test added to kill survivors is measured on the same mutants.
+    Returns the merged exit codes (this run's verdict where it gave one) and this run's runtime."""
+    saved = work / "first-run.json"
+    saved.write_text(  # the verdicts so far, as a record of what the recheck started from
+        json.dumps({m.name: m.code for m in collect(work, modules, with_diffs=False)})
+    )
+    first: dict[str, int | None] = json.loads(saved.read_text())
+    names = [n for n, code in first.items() if code in SURVIVED | NO_TESTS]
+    for test in (ROOT / "tests").glob("test_mutants_*.py"):
+        for where in (work / "tests", work / "mutants" / "tests"):
+            shutil.copy2(test, where / test.name)
+    configure(work, modules)
+    runtime = run_mutmut(work, max_children, names, log_name="mutmut-recheck.log")
+    again = {m.name: m.code for m in collect(work, modules, with_diffs=False)}
+    merged = {n: again.get(n) if n in names and again.get(n) is not None else code for n, code in first.items()}
+    # Back into mutmut's own records: a later `mutmut run` in the copy resumes with what was not run.
+    for module in modules:
+        meta_path = work / "mutants" / (module + ".meta")
+        meta = json.loads(meta_path.read_text())
+        meta["exit_code_by_key"] = {n: merged.get(n, code) for n, code in meta["exit_code_by_key"].items()}
+        meta_path.write_text(json.dumps(meta, indent=4))
+    return merged, runtime
+
+
+def collect(work: Path, modules: list[str], with_diffs: bool = True) -> list[Mutant]:
+    """Read mutmut's results from the copy, with each mutant's line in the original file and, for
+    those not killed, the mutation."""
+    found: list[Mutant] = []
+    for module in modules:
+        meta_path = work / "mutants" / (module + ".meta")
+        if not meta_path.exists():
+            continue
+        codes: dict[str, int | None] = json.loads(meta_path.read_text())["exit_code_by_key"]
+        source = (work / module).read_text()
+        starts = _function_starts(source)
+        diffs = _diffs(work, [name for name, code in codes.items() if code not in KILLED]) if with_diffs else {}
+        for name, code in sorted(codes.items(), key=lambda kv: _sort_key(kv[0])):
+            diff = diffs.get(name, "")
+            found.append(Mutant(name, module, code, _line_of(name, diff, starts), diff))
+    return found
+
+
+def _sort_key(name: str) -> tuple[str, int]:
+    base, _, number = name.rpartition("__mutmut_")
+    return base, int(number) if number.isdigit() else 0
+
+
+def _function_starts(source: str) -> dict[str, int]:
+    """`Class.method` / `function` -> line of its `def` (decorators excluded), as mutmut names them."""
+    starts: dict[str, int] = {}
+
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.ClassDef):
+                visit(child, prefix + child.name + ".")
+            elif isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                starts[prefix + child.name] = child.lineno
+
+    visit(ast.parse(source), "")
+    return starts
+
+
+def _function_of(name: str) -> str:
+    """`db.store.xǁWriteStatsǁadd__mutmut_3` -> `WriteStats.add`; `...x__insert__mutmut_1` -> `_insert`."""
+    base = name.rpartition("__mutmut_")[0].rpartition(".")[2]
+    if base.startswith("xǁ"):
+        return ".".join(base[2:].split("ǁ"))
+    return base[2:] if base.startswith("x_") else base
+
+
+def _line_of(name: str, diff: str, starts: dict[str, int]) -> int:
+    """The first changed line: the function's `def` line plus the offset of the first `-` in the diff."""
+    start = starts.get(_function_of(name), 0)
+    if not diff or not start:
+        return start
+    old = 0
+    for text in diff.splitlines():
+        hunk = re.match(r"@@ -(\d+)", text)
+        if hunk:
+            old = int(hunk.group(1))
+            continue
+        if text.startswith(("---", "+++")):
+            continue
+        if text.startswith("-"):
+            return start + old - 1
+        if text.startswith(" "):
+            old += 1
+    return start
+
+
+def _diffs(work: Path, names: list[str]) -> dict[str, str]:
+    """mutmut's own diff per mutant, computed inside the copy (mutmut reads its config from the cwd)."""
+    if not names:
+        return {}
+    program = (
+        "import json, sys\n"
+        "from mutmut.mutation.diff_apply import get_diff_for_mutant\n"
+        "out = {}\n"
+        "for n in json.load(sys.stdin):\n"
+        "    try:\n"
+        "        out[n] = get_diff_for_mutant(n)\n"
+        "    except Exception as e:\n"
+        "        out[n] = f'(no diff: {e!r})'\n"
+        "print('MUTATION-DIFFS ' + json.dumps(out))\n"
+    )
+    done = subprocess.run(
+        [str(work / ".venv" / "bin" / "python"), "-c", program],
+        cwd=work,
+        input=json.dumps(names),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        return {name: f"(no diff: {done.stderr.strip()[-300:]})" for name in names}
+    # mutmut may print on the way (it says what it copies): the answer is the marked line.
+    marked = [t for t in done.stdout.splitlines() if t.startswith("MUTATION-DIFFS ")]
+    if not marked:
+        return {name: f"(no diff: {done.stdout.strip()[-300:]})" for name in names}
+    result: dict[str, str] = json.loads(marked[-1].removeprefix("MUTATION-DIFFS "))
+    return result
+
+
+def _changed(diff: str) -> str:
+    """The mutation in one line or two: the removed and the added lines of the diff."""
+    keep = [t for t in diff.splitlines() if t[:1] in "-+" and not t.startswith(("---", "+++"))]
+    return "\n".join(keep) if keep else diff
+
+
+def report(mutants: list[Mutant], origin: str, modules: list[str], notes: list[str]) -> str:
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    out = [
+        "# Mutation score",
+        "",
+        f"Measured {today} with mutmut {_mutmut_version()} by `make mutation` (`python -m scripts.mutation`),",
+        f"on a copy of the working tree at commit {origin}.",
+        "",
+        "Scope: mutants of " + ", ".join(f"`{m}`" for m in modules) + ".",
+        "Tests: " + ", ".join(f"`{t.removeprefix('tests/')}`" for t in TESTS) + f" with `{' '.join(PYTEST_ARGS)}`",
+        "(the fast tests, local queue only; each mutant runs the tests that reach the mutated function).",
+        "",
+        "Score = killed (a test failed or timed out) / all mutants of the module. Equivalent mutants",
+        "(argued below) count as not killed in the first score and are left out of the second.",
+        "",
+        "| module | mutants | killed | timeout | survived | equivalent | no tests | not run | score "
+        "| score w/o equivalents | score of those run, w/o equivalents |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for module in [*modules, "total"]:
+        part = [m for m in mutants if module in ("total", m.module)]
+        if not part:
+            out.append(f"| {module} | not run |  |  |  |  |  |  |  |  |  |")
+            continue
+        count = {s: sum(1 for m in part if m.status == s) for s in ("killed", "timeout", "survived", "equivalent")}
+        no_tests = sum(1 for m in part if m.status == "no tests")
+        not_run = len(part) - sum(count.values()) - no_tests
+        dead = count["killed"] + count["timeout"]
+        score = 100 * dead / len(part)
+        rest = len(part) - count["equivalent"]
+        score2 = 100 * dead / rest if rest else 100.0
+        tried = len(part) - not_run - count["equivalent"]
+        score3 = f"{100 * dead / tried:.1f}%" if tried else "-"
+        name = "**total**" if module == "total" else f"`{module}`"
+        out.append(
+            f"| {name} | {len(part)} | {count['killed']} | {count['timeout']} | {count['survived']} "
+            f"| {count['equivalent']} | {no_tests} | {not_run} | {score:.1f}% | {score2:.1f}% | {score3} |"
+        )
+    for note in notes:
+        out += ["", note]
+    for title, wanted in (("Surviving mutants", "survived"), ("Reached by no selected test", "no tests")):
+        part = [m for m in mutants if m.status == wanted]
+        out += ["", f"## {title} ({len(part)})", ""]
+        if wanted == "survived":
+            text = sum(1 for m in part if _text_only(m.diff))
+            out += [f"Of these, {text} change only the text of a string (`XX` around it, or its case).", ""]
+        for m in part:
+            out += [f"- `{m.module}:{m.line}` `{m.name}`", "  ```diff", _indent(_changed(m.diff)), "  ```"]
+    part = [m for m in mutants if m.status == "equivalent"]
+    out += ["", f"## Equivalent mutants ({len(part)})", ""]
+    for m in part:
+        out += [f"- `{m.module}:{m.line}` `{m.name}`: {m.why}", "  ```diff"]
+        out += [_indent(_changed(m.diff)), "  ```"]
+    return "\n".join(out) + "\n"
+
+
+def _text_only(diff: str) -> bool:
+    """A mutant that only rewrites a string's text: mutmut wraps it in XX or changes its case."""
+    removed = [t[1:] for t in diff.splitlines() if t.startswith("-") and not t.startswith("---")]
+    added = [t[1:] for t in diff.splitlines() if t.startswith("+") and not t.startswith("+++")]
+    if not removed or len(removed) != len(added):
+        return False
+    same_case = [t.lower() for t in removed] == [t.lower() for t in added]
+    return same_case or all(a.replace("XX", "") == r for r, a in zip(removed, added, strict=True))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("  " + t for t in text.splitlines())
+
+
+def _mutmut_version() -> str:
+    from importlib.metadata import version
+
+    return version("mutmut")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", action="append", choices=MODULES, help="mutate only this module (repeatable)")
+    parser.add_argument("--max-children", type=int, default=2, help="parallel test processes (default 2)")
+    parser.add_argument("--report-from", type=Path, help="a finished copy: only write the report")
+    parser.add_argument("--recheck", type=Path, help="a finished copy: run its survivors again with today's tests")
+    parser.add_argument("--resume", action="store_true", help="with --recheck: then run what was not run")
+    parser.add_argument("--output", type=Path, default=REPORT)
+    parser.add_argument("--keep", action="store_true", help="keep the copy (its path is printed)")
+    args = parser.parse_args()
+    modules = args.only or MODULES
+    notes: list[str] = []
+    if args.report_from or args.recheck:
+        work = (args.report_from or args.recheck).resolve()
+        origin = (work / ".mutation-origin").read_text().strip()
+        configured = tomllib.loads((work / "pyproject.toml").read_text()).get("tool", {}).get("mutmut", {})
+        modules = [m for m in MODULES if m in configured.get("only_mutate", MODULES)]
+    else:
+        work, origin = snapshot()
+        print(f"mutation: copy of {origin} in {work}", flush=True)
+        configure(work, modules)
+        (work / ".mutation-runtime").write_text(str(run_mutmut(work, args.max_children)))
+    if (work / ".mutation-runtime").exists():
+        notes.append(f"Runtime: {float((work / '.mutation-runtime').read_text()) / 60:.0f} min with 2 processes.")
+    if args.recheck:
+        before = sum(1 for m in collect(work, modules, with_diffs=False) if m.code in SURVIVED | NO_TESTS)
+        merged, runtime = recheck(work, modules, args.max_children)
+        after = sum(1 for code in merged.values() if code in SURVIVED | NO_TESTS)
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        (work / ".mutation-recheck").write_text(
+            f"The {before} mutants that survived that run or that no selected test reached were run again on "
+            f"{stamp} with the tests of the working tree then (tests/test_mutants_*.py added): "
+            f"{before - after} of them killed. Runtime of that recheck: {runtime / 60:.0f} min."
+        )
+    if (work / ".mutation-recheck").exists():
+        notes.append((work / ".mutation-recheck").read_text())
+    if (work / ".mutation-notes").exists():  # anything done by hand to the copy's run, said as it was
+        notes.append((work / ".mutation-notes").read_text())
+    if args.resume:
+        runtime = run_mutmut(work, args.max_children, log_name="mutmut-resume.log")
+        notes.append(f"The mutants not run before were run on resuming, with those tests: {runtime / 60:.0f} min.")
+    mutants = collect(work, modules)
+    if not mutants:
+        sys.exit(f"mutation: no results in {work}; see {work / 'mutmut.log'}")
+    args.output.write_text(report(mutants, origin, modules, notes))
+    print(f"mutation: wrote {args.output}", flush=True)
+    if not (args.keep or args.report_from or args.recheck):
+        shutil.rmtree(work, ignore_errors=True)
+    if os.environ.get("MUTATION_STRICT") and any(m.status == "survived" for m in mutants):
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

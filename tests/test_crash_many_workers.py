@@ -59,12 +59,19 @@ def test_four_workers_one_queue_one_database(
         handouts = Counter(x.message_id for x in h.handouts())
         assert len(handouts) == len(bodies)
         twice = sum(1 for n in handouts.values() if n > 1)
-        assert twice == 0, f"{twice} messages were handed to more than one worker (or twice to one)"
-        assert h.checked() == len(bodies)
+        # Our own queue hides what it hands out (BEGIN IMMEDIATE): never twice without a crash. SQS
+        # standard queues are at-least-once, and moto's threaded server answers two concurrent
+        # ReceiveMessage calls without a lock: in most runs here one or two messages reach two workers
+        # within 100 ms, both reporting the same receive count. That is the queue's behaviour, not
+        # ours; what must hold there is that the keys absorb it (exactly once, above) and that every
+        # delete was checked against the database at the moment it was made (below).
+        if backend == "local":
+            assert twice == 0, f"{twice} messages were handed to more than one worker (or twice to one)"
+        assert h.checked() == len(bodies) + sum(n - 1 for n in handouts.values())
         assert leftovers(h) == (0, 0, 0)
     busy = sum(1 for output in outputs if "messages 0 " not in output.splitlines()[-1])
     print(
         f"\n[many-workers:{backend}:{decoder}] workers={WORKERS} busy={busy} messages={len(bodies)} "
-        f"events={expected.offered} deletes_checked={len(bodies)} "
+        f"events={expected.offered} deletes_checked={h.checked()} handed_out_twice={twice} "
         f"redelivered={sum(1 for c in got.envelopes.values() if (c or 1) > 1)} lost=0 duplicates=0"
     )

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from chalicelib.queues import Depth, Message
@@ -109,3 +110,34 @@ def summary(totals: Totals, depth: Depth | None) -> dict[str, Any]:
         if depth.oldest_age_seconds is not None:
             out["queue_oldest_age_s"] = round(depth.oldest_age_seconds, 1)
     return out
+
+
+class ProgressLine:
+    """Worker observer: the human progress line on stderr, at most once a second, and a last one."""
+
+    def __init__(self, out: TextIO, clock: Callable[[], float]) -> None:
+        self.out, self.clock = out, clock
+
+    def batch_written(self, messages: list[Message], batch: Rows, stats: WriteStats, commit_seconds: float) -> None:
+        pass
+
+    def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None:
+        w = totals.written
+        elapsed = max(self.clock() - totals.started, 1e-9)
+        line = (
+            f"{'done' if final else 'progress'}: {w.events / elapsed:,.0f} events/s | messages {totals.messages:,} | "
+            f"events {w.events:,} | duplicates {w.duplicates + w.duplicate_adjustments:,} | "
+            f"adjustments {w.adjustments:,} | rejects {w.rejects:,}{_depth_text(depth)}"
+        )
+        print(line, file=self.out, flush=True)
+
+
+def _depth_text(depth: Depth | None) -> str:
+    if depth is None:
+        return ""
+    text = f" | queue {depth.visible:,} visible, {depth.in_flight:,} in flight"
+    if depth.dead:
+        text += f", {depth.dead:,} dead"
+    if depth.oldest_age_seconds is not None:
+        text += f", oldest {depth.oldest_age_seconds:,.0f} s"
+    return text

@@ -31,6 +31,7 @@ from chalicelib.settings import DEFAULT_MAX_DECODED_BYTES
 from db.batch import Incoming, Rows
 from db.store import DatabaseFault, WriteStats
 from worker.decoders import Decoder, InlineDecoder, Parts
+from worker.logs import ProgressLine
 
 if TYPE_CHECKING:  # db.stores would import the PostgreSQL store's module at start-up
     from db.stores import WritableStore
@@ -167,9 +168,9 @@ class Worker:
         self.queue, self.store = queue, store
         self.decoder = decoder or InlineDecoder()
         self.limits = limits or Limits()
-        self.out = out
         self.clock = clock
-        self.observers = list(observers)
+        # The human progress line is one more observer: the loop itself never prints.
+        self.observers = list(observers) + ([ProgressLine(out, clock)] if out is not None else [])
         self.totals = Totals()
         self.stopping = False
         self._idle = False
@@ -468,31 +469,10 @@ class Worker:
 
     def _progress(self, final: bool = False) -> None:
         now = self.clock()
-        # At most one line a second; the depth in it is refreshed per DEPTH_INTERVAL_SECONDS.
-        if (self.out is None and not self.observers) or (not final and now - self._last_progress < 1.0):
+        # At most one sample a second; the depth in it is refreshed per DEPTH_INTERVAL_SECONDS.
+        if not self.observers or (not final and now - self._last_progress < 1.0):
             return
         self._last_progress = now
         depth = self._depth(fresh=final)
         for observer in self.observers:
             observer.sampled(self.totals, depth, final)
-        if self.out is None:
-            return
-        t, w = self.totals, self.totals.written
-        elapsed = max(now - t.started, 1e-9)
-        line = (
-            f"{'done' if final else 'progress'}: {w.events / elapsed:,.0f} events/s | messages {t.messages:,} | "
-            f"events {w.events:,} | duplicates {w.duplicates + w.duplicate_adjustments:,} | "
-            f"adjustments {w.adjustments:,} | rejects {w.rejects:,}{_depth_text(depth)}"
-        )
-        print(line, file=self.out, flush=True)
-
-
-def _depth_text(depth: Depth | None) -> str:
-    if depth is None:
-        return ""
-    text = f" | queue {depth.visible:,} visible, {depth.in_flight:,} in flight"
-    if depth.dead:
-        text += f", {depth.dead:,} dead"
-    if depth.oldest_age_seconds is not None:
-        text += f", oldest {depth.oldest_age_seconds:,.0f} s"
-    return text

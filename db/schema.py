@@ -19,9 +19,10 @@ class SchemaTooNew(RuntimeError):
     pass
 
 
-def migrations() -> list[tuple[int, Path]]:
+def migrations(folder: Path | None = None) -> list[tuple[int, Path]]:
+    """The numbered `*.sql` files of `folder` (default: SQLite's), in order; each store has its own."""
     found = []
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
+    for path in sorted((folder or MIGRATIONS_DIR).glob("*.sql")):
         match = re.match(r"(\d+)_", path.name)
         if match:
             found.append((int(match.group(1)), path))

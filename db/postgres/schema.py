@@ -9,10 +9,10 @@ code is refused (`SchemaTooNew`, as for SQLite).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
+from db import schema as sqlite_schema
 from db.schema import SchemaTooNew
 from db.store import DatabaseFault
 
@@ -31,14 +31,7 @@ class ServerTooOld(DatabaseFault):
 
 
 def migrations() -> list[tuple[int, Path]]:
-    found = []
-    for path in sorted(MIGRATIONS_DIR.glob("*.sql")):
-        match = re.match(r"(\d+)_", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    versions = [v for v, _ in found]
-    assert versions == list(range(1, len(found) + 1)), f"migrations must be numbered 1..N, got {versions}"
-    return found
+    return sqlite_schema.migrations(MIGRATIONS_DIR)
 
 
 LATEST_VERSION = len(migrations())

@@ -70,6 +70,8 @@ ADJUSTMENT_COLUMNS = [
     "message_id",
     "ingested_at",
 ]
+ENVELOPE_COLUMNS = ["message_id", "received_at", "receive_count", "control_json", "event_count"]
+REJECT_COLUMNS = ["reject_key", "message_id", "event_index", "reason", "raw", "rejected_at"]
 
 
 @dataclass(eq=False)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.sqlite import Synchronous, atomic, connect, is_busy, retry_while_busy
-from db.batch import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Incoming, Rows
+from db.batch import ADJUSTMENT_COLUMNS, ENVELOPE_COLUMNS, EVENT_COLUMNS, REJECT_COLUMNS, Incoming, Rows
 from db.schema import migrate
 
 log = logging.getLogger("tune_firehose.store")
@@ -44,8 +44,8 @@ def _insert(table: str, columns: list[str]) -> str:
 
 INSERT_EVENTS = _insert("events", EVENT_COLUMNS)
 INSERT_ADJUSTMENTS = _insert("adjustments", ADJUSTMENT_COLUMNS)
-INSERT_ENVELOPES = _insert("envelopes", ["message_id", "received_at", "receive_count", "control_json", "event_count"])
-INSERT_REJECTS = _insert("rejects", ["reject_key", "message_id", "event_index", "reason", "raw", "rejected_at"])
+INSERT_ENVELOPES = _insert("envelopes", ENVELOPE_COLUMNS)
+INSERT_REJECTS = _insert("rejects", REJECT_COLUMNS)
 
 
 class DatabaseFault(RuntimeError):

@@ -36,7 +36,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from db.batch import ADJUSTMENT_COLUMNS, EVENT_COLUMNS, Incoming, Rows
+from db.batch import ADJUSTMENT_COLUMNS, ENVELOPE_COLUMNS, EVENT_COLUMNS, REJECT_COLUMNS, Incoming, Rows
 from db.postgres import partitions as parts_of_events
 from db.postgres.partitions import Partitions
 from db.postgres.schema import ServerTooOld, migrate
@@ -45,8 +45,6 @@ from db.store import DatabaseFault, WriteStats
 
 log = logging.getLogger("tune_firehose.postgres")
 
-ENVELOPE_COLUMNS = ["message_id", "received_at", "receive_count", "control_json", "event_count"]
-REJECT_COLUMNS = ["reject_key", "message_id", "event_index", "reason", "raw", "rejected_at"]
 _EVENT_TIME = EVENT_COLUMNS.index("event_time")
 # How long to wait for a server that does not answer, per attempt.
 CONNECT_TIMEOUT_SECONDS = 10

@@ -58,8 +58,9 @@ def _stop(procs: list[subprocess.Popen[str]]) -> None:
 
 
 def test_three_hosts_merged_equal_one_worker(tmp_path: Path) -> None:
-    # Small messages, so that one batch (at most ~200 messages) cannot take them all.
-    first = bodies(seed=11, events=2400, per_message_bytes=2500)
+    # Small messages, and more events than one group of the worker holds (5,000: it receives by
+    # events, not by message count), so that no worker can take them all at once.
+    first = bodies(seed=11, events=12_000, per_message_bytes=2500)
     second = bodies(seed=12, events=600)
     # Re-sends across waves: TUNE may deliver the same envelope again, to any host.
     second += first[3:6]

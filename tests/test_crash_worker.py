@@ -145,8 +145,9 @@ def test_sigkill_worker_20_times_loses_nothing(
         checked = h.checked()
     assert checked >= sent
     if decoder == "process":
+        # What shows the overlap is the kills that found two groups in hand. A delete made after the
+        # next group arrived is often seen too, but not always: when every kill lands first, none is.
         assert two_groups_at_kill >= KILLS * 3 // 4, f"{two_groups_at_kill} of {KILLS} kills hit two groups"
-        assert overlapped > 0
     else:  # one group at a time: the measure must never see two
         assert two_groups_at_kill == 0 and overlapped == 0, (two_groups_at_kill, overlapped)
     redelivered = sum(1 for count in got.envelopes.values() if (count or 1) > 1)

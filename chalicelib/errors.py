@@ -35,3 +35,11 @@ class Rejected(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class QueueUnavailable(Exception):
+    """The queue could not be reached or refused the call; retrying later may succeed."""
+
+
+class NotAQueue(ValueError):
+    """The configured queue is not one (a local queue path that holds no SQLite file); retrying will not help."""

@@ -30,8 +30,8 @@ from .codec import (
     split_envelope,
     validate_events,
 )
-from .errors import BodyTooLarge, CodecError, Rejected, TooLarge
-from .queues import Queue, QueueUnavailable
+from .errors import BodyTooLarge, CodecError, QueueUnavailable, Rejected, TooLarge
+from .queues import Queue
 from .settings import Settings
 
 if TYPE_CHECKING:

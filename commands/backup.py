@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chalicelib.sqlite import connect, snapshot
-from db.store import DatabaseFault
+from db.errors import DatabaseFault
 
 from .progress import progress
 

@@ -15,8 +15,7 @@ import click
 import click_default_group
 
 from chalicelib.settings import Settings, SettingsError, load_settings
-from db.schema import SchemaTooNew
-from db.store import DatabaseFault
+from db.errors import DatabaseFault, SchemaTooNew
 from worker import logs
 from worker.decoders import DECODE_CHOICES
 

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from chalicelib.sqlite import connect, retry_while_busy, uri
+from db.errors import DatabaseFault, SchemaTooNew
 from db.netfs import check_local
-from db.schema import LATEST_VERSION, SchemaTooNew, migrate
-from db.store import DatabaseFault
+from db.schema import LATEST_VERSION, migrate
 
 from .progress import progress
 

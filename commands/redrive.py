@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 
-from chalicelib.queues import QueueUnavailable, Redriven, open_queue
+from chalicelib.errors import QueueUnavailable
+from chalicelib.queues import Redriven, open_queue
 from chalicelib.settings import Settings
 
 from .progress import progress

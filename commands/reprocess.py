@@ -18,15 +18,9 @@ from typing import Any
 
 from chalicelib.settings import Settings
 from chalicelib.sqlite import atomic, retry_while_busy
+from db.errors import DatabaseFault
 from db.netfs import check_local
-from db.store import (
-    INSERT_ADJUSTMENTS,
-    INSERT_ENVELOPES,
-    INSERT_EVENTS,
-    INSERT_REJECTS,
-    DatabaseFault,
-    Store,
-)
+from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
 from worker.rows import Batch
 
 from .progress import progress

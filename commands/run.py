@@ -9,8 +9,9 @@ from dataclasses import dataclass
 
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings
+from db.errors import StoppedWhileWaiting
 from db.store import Store
-from db.stores import StoppedWhileWaiting, describe, open_store
+from db.stores import describe, open_store
 from worker import logs
 from worker.decoders import make_decoder
 from worker.loop import Limits, Observer, Worker

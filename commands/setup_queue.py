@@ -24,10 +24,6 @@ FOURTEEN_DAYS = 14 * 24 * 3600  # SQS's maximum retention: the most time to fix 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 
 
-class SetupError(RuntimeError):
-    """SQS refused a call; the message names the call and SQS's reason."""
-
-
 @dataclass(frozen=True)
 class Options:
     max_receive_count: int = DEFAULT_MAX_RECEIVE_COUNT

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from chalicelib.queues import QueueUnavailable, open_queue
+from chalicelib.errors import QueueUnavailable
+from chalicelib.queues import open_queue
 from chalicelib.settings import Settings, SettingsError
 from chalicelib.sqlite import connect, snapshot
 from db.store import FUTURE_SKEW_SECONDS, TABLES, newest_event_time

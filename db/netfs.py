@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from db.store import DatabaseFault
+from db.errors import NetworkFileSystem
 
 MOUNTS_PATH = "/proc/self/mounts"
 
@@ -21,10 +21,6 @@ NETWORK_FS_TYPES = frozenset(
     {"nfs", "cifs", "smb", "smb2", "smb3", "smbfs", "afs", "ncpfs", "ceph", "glusterfs", "lustre", "9p"}
 )
 NETWORK_FUSE_TYPES = frozenset({"fuse.sshfs", "fuse.glusterfs", "fuse.cephfs", "fuse.s3fs", "fuse.rclone"})
-
-
-class NetworkFileSystem(DatabaseFault):
-    """The database file would live on a network file system."""
 
 
 @dataclass(frozen=True)

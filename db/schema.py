@@ -11,12 +11,9 @@ import sqlite3
 from pathlib import Path
 
 from chalicelib.sqlite import atomic
+from db.errors import SchemaTooNew
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
-
-
-class SchemaTooNew(RuntimeError):
-    pass
 
 
 def migrations(folder: Path | None = None) -> list[tuple[int, Path]]:

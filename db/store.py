@@ -15,6 +15,7 @@ from pathlib import Path
 
 from chalicelib.sqlite import Synchronous, atomic, connect, is_busy, retry_while_busy
 from db.batch import ADJUSTMENT_COLUMNS, ENVELOPE_COLUMNS, EVENT_COLUMNS, REJECT_COLUMNS, Incoming, Rows
+from db.errors import DatabaseFault
 from db.schema import migrate
 
 log = logging.getLogger("tune_firehose.store")
@@ -46,10 +47,6 @@ INSERT_EVENTS = _insert("events", EVENT_COLUMNS)
 INSERT_ADJUSTMENTS = _insert("adjustments", ADJUSTMENT_COLUMNS)
 INSERT_ENVELOPES = _insert("envelopes", ENVELOPE_COLUMNS)
 INSERT_REJECTS = _insert("rejects", REJECT_COLUMNS)
-
-
-class DatabaseFault(RuntimeError):
-    """The database cannot be written (disk full, read-only, corrupt): stop, delete nothing."""
 
 
 @dataclass

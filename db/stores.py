@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Protocol
 from chalicelib.settings import Settings, SettingsError
 from db import netfs
 from db.batch import Incoming, Rows
+from db.errors import DatabaseFault, StoppedWhileWaiting
 from db.postgres.url import redact
-from db.store import DatabaseFault, Store, WriteStats
+from db.store import Store, WriteStats
 
 if TYPE_CHECKING:
     from db.postgres.store import PostgresStore
@@ -29,10 +30,6 @@ class WritableStore(Protocol):
     def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
-
-
-class StoppedWhileWaiting(Exception):
-    """A stop (SIGTERM/SIGINT) came while the worker waited for an unreachable server; nothing was read."""
 
 
 def uses_postgres(settings: Settings) -> bool:
@@ -55,7 +52,8 @@ def open_store(
     if settings.database_url is None:
         netfs.check_local(settings.db_path, allow_network_fs)
         return Store.open(settings.db_path, give_up=give_up)
-    from db.postgres.store import DatabaseUrlError, PostgresStore
+    from db.errors import DatabaseUrlError
+    from db.postgres.store import PostgresStore
 
     try:
         return PostgresStore.open(settings.database_url, give_up=give_up)
@@ -67,4 +65,4 @@ def open_store(
         raise
 
 
-__all__ = ["StoppedWhileWaiting", "WritableStore", "describe", "open_store", "uses_postgres"]
+__all__ = ["WritableStore", "describe", "open_store", "uses_postgres"]

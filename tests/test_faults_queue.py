@@ -29,7 +29,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from bench.generate import Generator
-from chalicelib.queues import QueueUnavailable
+from chalicelib.errors import QueueUnavailable
 from chalicelib.queues.sqs import SqsQueue, make_client
 from chalicelib.settings import load_settings
 from tests.faultkit import (

@@ -19,8 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chalicelib.codec import decode_body
+from chalicelib.errors import QueueUnavailable
 from chalicelib.ingest import accept
-from chalicelib.queues.base import QueueUnavailable, SendResult
+from chalicelib.queues.base import SendResult
 from chalicelib.queues.local import LocalQueue
 from chalicelib.settings import load_settings
 

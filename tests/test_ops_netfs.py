@@ -9,7 +9,8 @@ import pytest
 import db.netfs as netfs
 from chalicelib.queues.local import LocalQueue
 from commands.cli import main
-from db.netfs import NetworkFileSystem, check_local, mount_of, read_mounts
+from db.errors import NetworkFileSystem
+from db.netfs import check_local, mount_of, read_mounts
 from tests.kit import send
 from tests.ops_kit import bodies, count
 

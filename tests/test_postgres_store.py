@@ -19,10 +19,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from db.errors import DatabaseFault, DatabaseUrlError
 from db.postgres import partitions
 from db.postgres import schema as pg_schema
-from db.postgres.store import DatabaseUrlError, PostgresStore
-from db.store import DatabaseFault, Store
+from db.postgres.store import PostgresStore
+from db.store import Store
 from tests.kit import tune_message
 from worker.decoders import decode_batch
 

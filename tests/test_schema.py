@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from db.schema import LATEST_VERSION, SchemaTooNew, migrate, statements
-from db.store import DatabaseFault, Store
+from db.errors import DatabaseFault, SchemaTooNew
+from db.schema import LATEST_VERSION, migrate, statements
+from db.store import Store
 from tests.kit import one, rows
 
 

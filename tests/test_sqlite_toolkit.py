@@ -11,7 +11,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 
 from chalicelib.sqlite import atomic, connect, is_busy, retry_while_busy, snapshot
-from db.store import DatabaseFault, Store
+from db.errors import DatabaseFault
+from db.store import Store
 from tests.kit import tune_message
 from tests.ops_kit import examples, file_names, new_files
 from worker.rows import Batch

@@ -16,7 +16,8 @@ import pytest
 from chalicelib.queues.base import Message
 from chalicelib.queues.sqs import SqsQueue, make_client
 from chalicelib.settings import Settings
-from db.store import DatabaseFault, Store, WriteStats
+from db.errors import DatabaseFault
+from db.store import Store, WriteStats
 from tests.conftest import free_port
 from tests.kit import one, rows, tune_message
 from worker.loop import EXIT_DB_FAULT, Limits, Worker

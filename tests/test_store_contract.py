@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 
 from bench.generate import Generator, sample_envelope
 from db.batch import Rows
+from db.errors import SchemaTooNew
 from db.schema import LATEST_VERSION as SQLITE_LATEST
-from db.schema import SchemaTooNew
 from db.schema import migrate as sqlite_migrate
 from db.store import Store, WriteStats
 from tests.kit import tune_message

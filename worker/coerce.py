@@ -20,6 +20,8 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any
 
+from worker.errors import FieldError
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 MICROS = Decimal(1_000_000)
 # Far beyond any real payout (one value is at most 1e15 micro-units).
@@ -35,10 +37,6 @@ _MILLIS_FROM = 100_000_000_000
 _MICRO_STEP = Decimal("0.000001")
 # A decimal number as TUNE or a producer spells it in text (only to word a reject's reason).
 _DECIMAL_TEXT = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
-
-
-class FieldError(ValueError):
-    """A value that must be exact (money, counts, keys) cannot be stored exactly."""
 
 
 def to_int(value: Any) -> int | None:

@@ -37,6 +37,7 @@ from queue import Empty, SimpleQueue
 from typing import IO, Protocol
 
 from db.batch import Rows
+from worker.errors import HelperDied
 from worker.rows import Batch
 
 try:
@@ -235,10 +236,6 @@ def helper_main() -> None:
         serve(sys.stdin.buffer, sys.stdout.buffer)
     except BrokenPipeError:  # the worker is gone: nobody wants the rest
         os._exit(0)
-
-
-class HelperDied(RuntimeError):
-    pass
 
 
 class _Window:

@@ -26,10 +26,12 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import TYPE_CHECKING, Protocol, TextIO
 
-from chalicelib.queues import Depth, Message, Queue, QueueUnavailable
+from chalicelib.errors import QueueUnavailable
+from chalicelib.queues import Depth, Message, Queue
 from chalicelib.settings import DEFAULT_MAX_DECODED_BYTES
 from db.batch import Incoming, Rows
-from db.store import DatabaseFault, WriteStats
+from db.errors import DatabaseFault
+from db.store import WriteStats
 from worker.decoders import Decoder, InlineDecoder, Parts
 from worker.logs import ProgressLine
 

@@ -26,7 +26,6 @@ from db.batch import (
 from worker.coerce import (
     INT64_MAX,
     INT64_MIN,
-    FieldError,
     iso_utc,
     strict_int,
     to_bool,
@@ -36,6 +35,7 @@ from worker.coerce import (
     to_micros,
     to_text,
 )
+from worker.errors import FieldError
 
 MAX_REJECT_RAW_CHARS = 1024 * 1024
 

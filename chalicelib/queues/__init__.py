@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from ..errors import NotAQueue
 from ..settings import Settings, SettingsError
-from .base import Depth, Message, NotAQueue, Queue, QueueUnavailable, Redriven, SendResult
+from .base import Depth, Message, Queue, Redriven, SendResult
 
-__all__ = ["Depth", "Message", "NotAQueue", "Queue", "QueueUnavailable", "Redriven", "SendResult", "open_queue"]
+__all__ = ["Depth", "Message", "Queue", "Redriven", "SendResult", "open_queue"]
 
 
 def open_queue(settings: Settings, readonly: bool = False) -> Queue:

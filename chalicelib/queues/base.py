@@ -14,14 +14,6 @@ SQS_LEGACY_MAX_MESSAGE_BYTES = 256 * 1024
 MAX_BATCH_ENTRIES = 10
 
 
-class QueueUnavailable(Exception):
-    """The queue could not be reached or refused the call; retrying later may succeed."""
-
-
-class NotAQueue(ValueError):
-    """The configured queue is not one (a local queue path that holds no SQLite file); retrying will not help."""
-
-
 @dataclass(frozen=True)
 class Message:
     message_id: str

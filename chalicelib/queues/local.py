@@ -22,7 +22,8 @@ from typing import TypeVar
 
 from chalicelib.sqlite import Synchronous, atomic, connect, is_busy, set_synchronous
 
-from .base import SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, NotAQueue, QueueUnavailable, Redriven, SendResult
+from ..errors import NotAQueue, QueueUnavailable
+from .base import SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, Redriven, SendResult
 
 T = TypeVar("T")
 

@@ -13,16 +13,9 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ..errors import QueueUnavailable
 from ..settings import Settings
-from .base import (
-    MAX_BATCH_ENTRIES,
-    SQS_LEGACY_MAX_MESSAGE_BYTES,
-    Depth,
-    Message,
-    QueueUnavailable,
-    Redriven,
-    SendResult,
-)
+from .base import MAX_BATCH_ENTRIES, SQS_LEGACY_MAX_MESSAGE_BYTES, Depth, Message, Redriven, SendResult
 
 log = logging.getLogger("tune_firehose.sqs")
 

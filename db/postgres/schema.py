@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from db import schema as sqlite_schema
-from db.schema import SchemaTooNew
-from db.store import DatabaseFault
+from db.errors import SchemaTooNew, ServerTooOld
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 # The advisory lock's key: a constant of this project ("firehose" in ASCII). Advisory locks are
@@ -23,11 +22,7 @@ MIGRATION_LOCK = int.from_bytes(b"firehose", "big") & 0x7FFF_FFFF_FFFF_FFFF
 # UNIQUE NULLS NOT DISTINCT (the events key) arrived in PostgreSQL 15.
 MIN_SERVER_VERSION = 150000
 
-__all__ = ["LATEST_VERSION", "SchemaTooNew", "current_version", "migrate", "migrations"]
-
-
-class ServerTooOld(DatabaseFault):
-    """The server predates a feature the schema needs."""
+__all__ = ["LATEST_VERSION", "current_version", "migrate", "migrations"]
 
 
 def migrations() -> list[tuple[int, Path]]:

@@ -37,11 +37,12 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from db.batch import ADJUSTMENT_COLUMNS, ENVELOPE_COLUMNS, EVENT_COLUMNS, REJECT_COLUMNS, Incoming, Rows
+from db.errors import DatabaseFault, DatabaseUrlError, ServerTooOld
 from db.postgres import partitions as parts_of_events
 from db.postgres.partitions import Partitions
-from db.postgres.schema import ServerTooOld, migrate
+from db.postgres.schema import migrate
 from db.postgres.url import redact, scrub
-from db.store import DatabaseFault, WriteStats
+from db.store import WriteStats
 
 log = logging.getLogger("tune_firehose.postgres")
 
@@ -59,10 +60,6 @@ _FATAL = {"25006", "42501"}
 # At connect: a password, user or database that is wrong (exit 2, naming DATABASE_URL).
 _BAD_SETTING_CLASSES = {"28"}
 _BAD_SETTING = {"3D000"}
-
-
-class DatabaseUrlError(DatabaseFault):
-    """DATABASE_URL names a database that refuses these credentials or does not exist."""
 
 
 class _Unreachable(Exception):

@@ -20,6 +20,7 @@ import pytest
 
 from chalicelib.queues.local import LocalQueue
 from tests.faultkit import ChaliceLocal, WorkerProcess, local_queue_state, stored, wait_for
+from tests.invariants import LocalHarness
 
 KILLS = 8
 EVENTS_PER_POST = 20
@@ -100,8 +101,14 @@ def test_every_202_survives_sigkill_of_chalice_local(tmp_path: Path) -> None:
     assert producer.acked, "no request was acknowledged: the test proves nothing"
     assert producer.outcomes.get("cut off", 0) > 0 or kills == 0
     db_path = tmp_path / "firehose.db"
-    worker = WorkerProcess(db_path, f"local:{queue_path}", tmp_path, visibility_timeout=10)
-    assert worker.finish(120) == 0, worker.output()[-3000:]
+    # The drain runs under the invariant watch: each delete is checked against the database.
+    harness = LocalHarness(queue_path, db_path, tmp_path)
+    try:
+        worker = WorkerProcess(db_path, harness.url, tmp_path, visibility_timeout=10, env=harness.env())
+        assert harness.wait(worker, 120) == 0, worker.output()[-3000:]
+        assert harness.checked() > 0, "no delete went through the invariant check"
+    finally:
+        harness.close()
     got = stored(db_path)
     have = set(got.events)
     lost = producer.acked - have

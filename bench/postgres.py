@@ -204,6 +204,25 @@ def render(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def section(r: dict[str, Any] | None) -> str:
+    """The PostgreSQL part of bench/RESULTS.md, with the issue's targets beside the figures."""
+    if not r:
+        return ""
+    ratio, two = r["ratio_to_copy_ceiling"], r["scaling_2_over_1"]
+    return f"""
+## PostgreSQL store
+
+{r["server"]}; the same generated stream of {r["events"]:,} events for every figure below.
+Targets: one worker ≥ 0.5 of the COPY ceiling (**{ratio:.2f}**, {"met" if ratio >= 0.5 else "not met"});
+on 2 cores, 2 workers ≥ 1.3× one (**{two:.2f}×**, {"met" if two >= 1.3 else "not met"}). Client and
+server share this machine's cores, so more workers also take CPU from the server.
+
+```
+{render(r)}
+```
+"""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=50_000)

@@ -26,7 +26,7 @@ from typing import Any
 
 from worker.loop import Limits
 
-from . import baselines, data, durability, memory
+from . import baselines, data, durability, memory, postgres
 from .endpoint import endpoint_work
 from .latency import measure_latency
 from .sqs_calls import count_sqs_calls
@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     results["durability"] = durability.measure(work, medium, log=log)
     log("peak memory of the worker and its helper, by message shape (the hostile ones of issue 12)")
     results["memory"] = memory.measure(work, args.scale)
+    log(f"PostgreSQL: COPY ceiling, 1, 2 and 4 workers, and the SQLite worker, on {n(50_000):,} events")
+    results["postgres"] = postgres.measure(n(50_000), work / "postgres")
+    log(postgres.render(results["postgres"]))
     results["total_seconds"] = time.perf_counter() - started
     results["load"] = other_load(busy_before, results["total_seconds"])
     (work / "results.json").write_text(json.dumps(results, indent=1, default=str))
@@ -555,7 +558,7 @@ BEGIN and COMMIT) took {_sqlite_us(d[small]):,.0f}, {_sqlite_us(d[medium]):,.0f}
 ```
 {profile}
 ```
-{durability.section(r.get("durability"))}{memory.section(r.get("memory"))}"""
+{durability.section(r.get("durability"))}{memory.section(r.get("memory"))}{postgres.section(r.get("postgres"))}"""
 
 
 def ceiling_rates(r: dict[str, Any]) -> list[float]:

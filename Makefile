@@ -33,7 +33,7 @@ screenshot: $(STAMP)  ## re-make docs/explore.png from the browser test
 test: $(STAMP)  ## every test, including the long crash/fault runs, PostgreSQL and the browser
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_chromium.sh
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	bash scripts/ensure_postgres.sh

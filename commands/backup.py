@@ -5,18 +5,25 @@ would normally restart; here the source connection holds one read transaction fo
 copy, so in WAL mode it copies a single snapshot in steps (with a progress bar) while the
 workers go on committing to the WAL. The copy is written next to DEST, checked, and only then
 renamed over DEST, so DEST is never a half-written file.
+
+PostgreSQL (DATABASE_URL, or --db postgresql://...) has its own tools: there `backup` says to use
+pg_dump and exits 2, writing nothing.
 """
 
 from __future__ import annotations
 
 import os
+import shlex
 import sqlite3
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from chalicelib.settings import Settings
 from chalicelib.sqlite import connect, snapshot
 from db.errors import DatabaseFault
+from db.postgres.url import is_postgres_url, redact
 
 from .progress import progress
 
@@ -27,9 +34,10 @@ EPILOG = """examples:
   python read_queue.py backup --db /var/lib/firehose/firehose.db /mnt/backup/host1.db --force
 
 The copy is a normal database file: open it with sqlite3, merge it, or put it back in place of
-a damaged one (stop the workers first)."""
+a damaged one (stop the workers first). On PostgreSQL use pg_dump: backup exits 2 there."""
 
 DEFAULT_STEP_PAGES = 4096
+EXIT_USAGE = 2
 
 
 @dataclass
@@ -109,3 +117,29 @@ def run(source: str, dest: str, *, force: bool = False, verify: bool = True) -> 
     result = backup(source, dest, force=force, verify=verify)
     print(f"backed up {source} to {result.dest}: {result.pages:,} pages, {result.bytes:,} bytes")
     return 0
+
+
+def run_selected(db: str | None, load: Callable[[], Settings], dest: str, *, force: bool, verify: bool) -> int:
+    """`backup` as the command line calls it: `--db` (a path or a URL), else the settings' store
+    (`load()`, read only when --db is not given, as before)."""
+    url = db if is_postgres_url(db) else None
+    if db is None:
+        settings = load()
+        url, db = settings.database_url, settings.db_path
+    if url is not None:
+        print(use_pg_dump(url), file=sys.stderr)
+        return EXIT_USAGE
+    assert db is not None
+    return run(db, dest, force=force, verify=verify)
+
+
+def use_pg_dump(url: str) -> str:
+    """What to do instead on PostgreSQL, the URL shown without its password."""
+    shown = redact(url)
+    return (
+        f"backup: the store is PostgreSQL ({shown}); backup copies SQLite files only, and nothing was "
+        "written. Back PostgreSQL up with pg_dump, for example:\n"
+        f"  pg_dump --format=custom --file=firehose-$(date +%F).dump {shlex.quote(shown)}\n"
+        "(*** stands for the password: give it through ~/.pgpass or PGPASSWORD, not on the command line; "
+        "pg_restore reads the dump back)"
+    )

@@ -158,7 +158,7 @@ def setup_command(**options: Any) -> int:
 
 
 @cli.command(name=status.NAME, help=status.HELP, epilog=verbatim(status.EPILOG))
-@db_option()
+@db_option("SQLite file or postgresql:// URL to read (default: DATABASE_URL, else DB_PATH)")
 @queue_url_option
 @click.option(
     "--rejects",
@@ -196,12 +196,12 @@ def merge_command(
 
 @cli.command(name=backup.NAME, help=backup.HELP, epilog=verbatim(backup.EPILOG))
 @click.argument("dest")
-@db_option("database to copy (default: DB_PATH)")
+@db_option("SQLite database to copy (default: DB_PATH; on PostgreSQL use pg_dump)")
 @click.option("--force", is_flag=True, help="replace DEST if it exists")
 @click.option("--no-verify", is_flag=True, help="skip the quick_check of the copy")
 @log_format_option
 def backup_command(dest: str, db: str | None, force: bool, no_verify: bool, log_format: str) -> int:
-    return backup.run(db or settings_for().db_path, dest, force=force, verify=not no_verify)
+    return backup.run_selected(db, settings_for, dest, force=force, verify=not no_verify)
 
 
 @cli.command(name=redrive.NAME, help=redrive.HELP, epilog=verbatim(redrive.EPILOG))
@@ -214,7 +214,7 @@ def redrive_command(db: str | None, queue_url: str | None, max_: int | None, log
 
 
 @cli.command(name=reprocess.NAME, help=reprocess.HELP, epilog=verbatim(reprocess.EPILOG))
-@db_option("database whose rejects to retry (default: DB_PATH)")
+@db_option("SQLite file or postgresql:// URL whose rejects to retry (default: DATABASE_URL, else DB_PATH)")
 @click.option("--dry-run", is_flag=True, help="count what would succeed; write nothing")
 @allow_network_fs_option("allow a database on NFS/CIFS/SMB (not recommended)")
 @log_format_option

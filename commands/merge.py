@@ -1,4 +1,5 @@
-"""`read_queue.py merge TARGET SOURCE...`: combine each host's database into one analyst database.
+"""`read_queue.py merge TARGET SOURCE...`: combine each host's database into one analyst database,
+a SQLite file or, when TARGET is a postgresql:// URL, a PostgreSQL database (moving up to it).
 
 Idempotent: every row is inserted with ON CONFLICT DO NOTHING on its key (tune_event_id,
 adjustment_sequence_id, message_id, reject_key), so the same event landed by two hosts, or
@@ -12,6 +13,13 @@ batch that waited for a lock can commit a little after rows stamped later than i
 
 Safe while workers write: each source is ATTACHed read-only and read in short statements,
 each a consistent WAL snapshot; nothing ever writes to a source or holds its write lock.
+
+Into PostgreSQL (db/postgres/load.py): the same marks, kept in the server's `merge_sources`, the
+same overlap, chunks and summary; each chunk is read from the source and written by the
+PostgreSQL store itself, one transaction per chunk, so merged rows are what a PostgreSQL worker
+writes and a merge beside running workers neither doubles a row nor deadlocks. The last chunk of
+a table stops at the newest mark read before copying, and rows are read a chunk (5,000) at a time,
+so memory stays bounded however fast a worker fills the source meanwhile.
 """
 
 from __future__ import annotations
@@ -20,27 +28,37 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chalicelib.sqlite import connect, retry_while_busy, uri
-from db.errors import DatabaseFault, SchemaTooNew
+from chalicelib.settings import SettingsError
+from chalicelib.sqlite import BUSY_TIMEOUT_MS, connect, retry_while_busy, uri
+from db.errors import DatabaseFault, DatabaseUrlError, SchemaTooNew
 from db.netfs import check_local
+from db.postgres.url import is_postgres_url, redact
 from db.schema import LATEST_VERSION, migrate
+
+if TYPE_CHECKING:
+    from db.postgres.load import Loader
 
 from .progress import progress
 
 log = logging.getLogger("tune_firehose.merge")
 
 NAME = "merge"
-HELP = "combine several hosts' database files into one analyst database (idempotent, incremental)"
+HELP = (
+    "combine several hosts' database files into one analyst database, a SQLite file or a postgresql:// URL "
+    "(idempotent, incremental)"
+)
 EPILOG = """examples:
   # on the analyst host, after copying each host's `backup` file over:
   python read_queue.py merge data/analyst.db host1.db host2.db host3.db
   # run it again at any time: only what is new is copied
   python read_queue.py merge data/analyst.db host1.db host2.db host3.db
+  # or load them into PostgreSQL (moving up from SQLite), as often as you like
+  python read_queue.py merge postgresql://firehose@db.internal/firehose host1.db host2.db
 
 A source is remembered by its absolute path: keep each host's file at the same path (for
 example overwrite host1.db with each new backup) so the next run starts from where the last
@@ -114,15 +132,32 @@ def _high_water(db: sqlite3.Connection, source: str, table: str) -> int | None:
     return None if row is None else int(row[0])
 
 
-def _plan(db: sqlite3.Connection, source: str, overlap: int) -> list[tuple[str, str, list[str], int | None, Any]]:
+Plan = list[tuple[str, str, list[str], int | None, Any]]
+
+
+def _plan(db: sqlite3.Connection, source: str, overlap: int) -> Plan:
     """For each table the source has: (table, mark column, columns to copy, start, newest mark)."""
+    return _plan_with(
+        db,
+        overlap,
+        lambda table, src_cols: [c for c in _columns(db, "main", table) if c in src_cols],
+        lambda table: _high_water(db, source, table),
+    )
+
+
+def _plan_with(
+    db: sqlite3.Connection,
+    overlap: int,
+    columns_for: Callable[[str, set[str]], list[str]],
+    high_water: Callable[[str], int | None],
+) -> Plan:
     plan = []
     for table, mark in TABLES:
         src_cols = set(_columns(db, "src", table))
         if not src_cols or mark not in src_cols:
             continue
-        columns = [c for c in _columns(db, "main", table) if c in src_cols]
-        hw = _high_water(db, source, table)
+        columns = columns_for(table, src_cols)
+        hw = high_water(table)
         start = None if hw is None else hw - overlap
         (newest,) = db.execute(f"SELECT max({mark}) FROM src.{table}").fetchone()
         plan.append((table, mark, columns, start, newest))
@@ -159,11 +194,12 @@ def _copy(db: sqlite3.Connection, table: str, mark: str, columns: list[str], lo:
 
 
 def _windows(
-    db: sqlite3.Connection, table: str, mark: str, start: Any, chunk: int, indexed: bool
+    db: sqlite3.Connection, table: str, mark: str, start: Any, chunk: int, indexed: bool, end: Any = None
 ) -> Iterator[tuple[Any, Any]]:
-    """Successive [lo, hi) ranges of about `chunk` rows each; the last is open-ended (hi None)."""
+    """Successive [lo, hi) ranges of about `chunk` rows each; the last one ends at `end`, or is
+    open-ended (hi None) when `end` is None."""
     if not indexed:
-        yield start, None  # without the index every range is a full scan: do one
+        yield start, end  # without the index every range is a full scan: do one
         return
     lo = start
     while True:
@@ -171,14 +207,25 @@ def _windows(
         row = db.execute(
             f"SELECT {mark} FROM src.{table}{where} ORDER BY {mark} LIMIT 1 OFFSET ?", (*params, chunk)
         ).fetchone()
-        if row is None:
-            yield lo, None
+        if row is None or (end is not None and row[0] >= end):
+            yield lo, end
             return
         hi = row[0]
         if lo is not None and hi <= lo:
             hi = lo + 1  # more than `chunk` rows share one second: take that second whole
         yield lo, hi
         lo = hi
+
+
+def _source_version(db: sqlite3.Connection, source: Path) -> int:
+    """The attached source's schema version; a newer one than this code's is refused."""
+    (version,) = db.execute("PRAGMA src.user_version").fetchone()
+    if version > LATEST_VERSION:
+        raise SchemaTooNew(
+            f"{source} has schema version {version}, newer than this tune-firehose understands "
+            f"({LATEST_VERSION}); upgrade tune-firehose before merging it"
+        )
+    return int(version)
 
 
 def merge_source(
@@ -188,12 +235,7 @@ def merge_source(
     result = SourceResult(key)
     db.execute("ATTACH DATABASE ? AS src", (uri(source.resolve(), "ro"),))
     try:
-        (version,) = db.execute("PRAGMA src.user_version").fetchone()
-        if version > LATEST_VERSION:
-            raise SchemaTooNew(
-                f"{source} has schema version {version}, newer than this tune-firehose understands "
-                f"({LATEST_VERSION}); upgrade tune-firehose before merging it"
-            )
+        version = _source_version(db, source)
         plan = _plan(db, key, overlap)
         total = sum(_count(db, table, mark, start) for table, mark, _c, start, _n in plan)
         with progress(source.name, "rows", total, show=show_progress) as bar:
@@ -228,11 +270,16 @@ def merge(
     mounts_path: str | None = None,
     show_progress: bool | None = None,
 ) -> list[SourceResult]:
-    target_path = Path(target)
     source_paths = [Path(s) for s in sources]
     for s in source_paths:
         if not s.is_file():
             raise DatabaseFault(f"source database {s} does not exist")
+    if is_postgres_url(str(target)):
+        for path in source_paths:
+            check_local(path, allow_network_fs, mounts_path)
+        return merge_into_postgres(str(target), source_paths, overlap, chunk, show_progress)
+    target_path = Path(target)
+    for s in source_paths:
         if target_path.exists() and s.resolve() == target_path.resolve():
             raise DatabaseFault(f"{s} is the target itself; name a different target")
     for path in [target_path, *source_paths]:
@@ -253,6 +300,98 @@ def merge(
     return results
 
 
+# -- into PostgreSQL ----------------------------------------------------------------------------
+
+
+def merge_into_postgres(
+    url: str, sources: list[Path], overlap: int, chunk: int, show_progress: bool | None
+) -> list[SourceResult]:
+    from db.postgres.load import Loader  # psycopg is loaded only for a PostgreSQL target
+
+    try:
+        loader = Loader.open(url)
+    except DatabaseUrlError as exc:
+        # The store names DATABASE_URL; here the URL came as TARGET. Exit 2, as a worker's would.
+        raise SettingsError(str(exc).replace("DATABASE_URL", "TARGET", 1)) from None
+    results = []
+    try:
+        for source in sources:
+            try:
+                results.append(load_source(loader, source, overlap, chunk, show_progress))
+            except sqlite3.DatabaseError as exc:
+                raise DatabaseFault(f"cannot merge {source}: {exc}") from exc
+    finally:
+        loader.close()
+    return results
+
+
+def _reader(source: Path) -> sqlite3.Connection:
+    """An empty connection with `source` ATTACHed read-only as `src`, so the SQLite target's
+    helpers above read it unchanged."""
+    db = sqlite3.connect(":memory:", uri=True, isolation_level=None, timeout=BUSY_TIMEOUT_MS / 1000)
+    try:
+        db.execute("ATTACH DATABASE ? AS src", (uri(source.resolve(), "ro"),))
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _store_columns(source: Path) -> Callable[[str, set[str]], list[str]]:
+    from db.postgres.load import Loader
+
+    def columns_for(table: str, src_cols: set[str]) -> list[str]:
+        columns = Loader.columns(table)
+        missing = [c for c in columns if c not in src_cols]
+        if missing:  # every schema version has every column of the tables it has
+            raise DatabaseFault(f"{source} is not a tune-firehose database: {table} has no {', '.join(missing)}")
+        return columns
+
+    return columns_for
+
+
+def load_source(loader: Loader, source: Path, overlap: int, chunk: int, show_progress: bool | None) -> SourceResult:
+    key = str(source.resolve())
+    result = SourceResult(key)
+    db = _reader(source)
+    try:
+        indexed = _source_version(db, source) >= INDEXED_FROM_VERSION
+        plan = _plan_with(db, overlap, _store_columns(source), lambda table: loader.high_water(key, table))
+        total = sum(_count(db, t, mark, start, _after(newest)) for t, mark, _c, start, newest in plan)
+        with progress(source.name, "rows", total, show=show_progress) as bar:
+            for table, mark, columns, start, newest in plan:
+                tally = result.tables.setdefault(table, TableResult())
+                if newest is None:
+                    continue
+                for lo, hi in _windows(db, table, mark, start, chunk, indexed, end=_after(newest)):
+                    for rows in _read(db, table, mark, columns, lo, hi, chunk):
+                        tally.new += loader.load(table, rows)
+                        tally.read += len(rows)
+                        bar.advance(len(rows))
+                loader.record(key, table, int(newest), tally.new)
+    finally:
+        db.close()
+    return result
+
+
+def _after(newest: Any) -> Any:
+    """The end of a window that holds `newest`: rows written after the plan wait for the next run."""
+    return None if newest is None else newest + 1
+
+
+def _read(
+    db: sqlite3.Connection, table: str, mark: str, columns: list[str], lo: Any, hi: Any, chunk: int
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The window's rows, `chunk` at a time (a second holding more rows than that is still bounded)."""
+    where, params = _window(mark, lo, hi)
+    cursor = db.execute(f"SELECT {', '.join(_q(c) for c in columns)} FROM src.{table}{where}", params)
+    try:
+        while rows := cursor.fetchmany(chunk):
+            yield rows
+    finally:
+        cursor.close()
+
+
 def run(
     target: str,
     sources: Sequence[str],
@@ -266,5 +405,6 @@ def run(
     for r in results:
         detail = ", ".join(f"{t} {v.new:,}" for t, v in r.tables.items())
         print(f"{r.source}: read {r.read:,} rows, {r.new:,} new ({detail})")
-    print(f"merged {len(results)} source(s) into {target}: {sum(r.new for r in results):,} new rows")
+    shown = redact(target) if is_postgres_url(target) else target  # never a password on the terminal
+    print(f"merged {len(results)} source(s) into {shown}: {sum(r.new for r in results):,} new rows")
     return 0

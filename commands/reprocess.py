@@ -5,6 +5,10 @@ each reject is decoded again exactly as the worker would: a whole-message reject
 NULL) through `Batch.add_message`, a single event through `Batch.add_events`. What now
 succeeds is written and its reject deleted in the same transaction; what still fails stays,
 untouched. Running it twice changes nothing the second time, as every row has its key.
+
+On PostgreSQL (DATABASE_URL, or --db postgresql://...) the rows go through the store's own write
+(COPY into staging, INSERT ... ON CONFLICT DO NOTHING in key order), and the envelope fix-up and
+the deletes of the fixed rejects run in that same transaction (`PostgresStore.write(then=...)`).
 """
 
 from __future__ import annotations
@@ -14,16 +18,21 @@ import logging
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from chalicelib.settings import Settings
+from chalicelib.settings import Settings, SettingsError
 from chalicelib.sqlite import atomic, retry_while_busy
-from db.errors import DatabaseFault
+from db.batch import Rows
+from db.errors import DatabaseFault, DatabaseUrlError
 from db.netfs import check_local
+from db.postgres.url import scrub
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
 from worker.rows import Batch
 
 from .progress import progress
+
+if TYPE_CHECKING:  # psycopg is loaded only when PostgreSQL is selected
+    from db.postgres.store import PostgresStore
 
 log = logging.getLogger("tune_firehose.reprocess")
 
@@ -37,6 +46,8 @@ EPILOG = """examples:
 Safe while workers run: each chunk is one short write transaction, like a worker's batch."""
 
 CHUNK = 500
+# A chunk's write on PostgreSQL: how long a lost connection or a lock conflict is retried.
+WRITE_RETRY_SECONDS = 60.0
 
 
 @dataclass
@@ -96,27 +107,125 @@ def _write_retrying(db: sqlite3.Connection, fixed: list[tuple[str, Batch]]) -> t
     return retry_while_busy(lambda: _write(db, fixed), on_wait=waiting)
 
 
-def reprocess(
-    store: Store, max_decoded_bytes: int | None = None, dry_run: bool = False, show_progress: bool | None = None
-) -> ReprocessResult:
-    db = store.db
-    result = ReprocessResult()
-    # Rejects a retried message adds are newer than `end`: they were just decided, not retried now.
-    total, end = db.execute("SELECT count(*), coalesce(max(rowid), 0) FROM rejects").fetchone()
-    last = 0
-    with progress("reprocess", "rejects", total, show=show_progress) as bar:
+# One chunk of rejects as read: (reject_key, message_id, event_index, raw).
+Chunk = list[tuple[str, str | None, int | None, str]]
+
+
+class _SqliteRejects:
+    """The rejects of a SQLite store, in insertion order (rowid)."""
+
+    def __init__(self, store: Store) -> None:
+        self.db = store.db
+        # Rejects a retried message adds are newer than `end`: they were just decided, not retried now.
+        self.total, self.end = self.db.execute("SELECT count(*), coalesce(max(rowid), 0) FROM rejects").fetchone()
+        self.last = 0
+
+    def chunk(self) -> Chunk:
+        rows = self.db.execute(
+            "SELECT rowid, reject_key, message_id, event_index, raw FROM rejects WHERE rowid > ? AND rowid <= ? "
+            "ORDER BY rowid LIMIT ?",
+            (self.last, self.end, CHUNK),
+        ).fetchall()
+        if rows:
+            self.last = rows[-1][0]
+        return [row[1:] for row in rows]
+
+    def write(self, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
+        return _write_retrying(self.db, fixed)
+
+
+class _PostgresRejects:
+    """The rejects of a PostgreSQL store, in key order (it keeps no insertion order)."""
+
+    def __init__(self, store: PostgresStore) -> None:
+        self.store = store
+        self.total = int(store.connection().execute("SELECT count(*) FROM rejects").fetchone()[0])
+        self.after = ""  # keys are sha256 hex digests: every one sorts after ""
+        # Rejects a retried message adds were just decided, not retried now (SQLite: rowid > end).
+        self.added: set[str] = set()
+
+    def chunk(self) -> Chunk:
         while True:
-            rows = db.execute(
-                "SELECT rowid, reject_key, message_id, event_index, raw FROM rejects WHERE rowid > ? AND rowid <= ? "
-                "ORDER BY rowid LIMIT ?",
-                (last, end, CHUNK),
-            ).fetchall()
+            rows = (
+                self.store.connection()
+                .execute(
+                    "SELECT reject_key, message_id, event_index, raw FROM rejects WHERE reject_key > %s "
+                    "ORDER BY reject_key LIMIT %s",
+                    (self.after, CHUNK),
+                )
+                .fetchall()
+            )
             if not rows:
-                break
-            last = rows[-1][0]
+                return []
+            self.after = rows[-1][0]
+            unseen = [row for row in rows if row[0] not in self.added]
+            if unseen:
+                return unseen
+
+    def write(self, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
+        from db.postgres.store import unbound
+
+        rows = Rows()
+        for _key, batch in fixed:
+            rows.extend(batch)
+        keys = sorted(key for key, _batch in fixed)
+        # The undecodable message left an envelope with no events; now we know better. In key
+        # order, after the store's inserts, like every other lock this transaction takes.
+        fix_ups = sorted(
+            ((message_id, control, count) for message_id, _at, _n, control, count in map(unbound, rows.envelopes)),
+            key=lambda fix_up: str(fix_up[0]),
+        )
+
+        def then(cur: Any) -> None:
+            if fix_ups:
+                cur.executemany(
+                    "UPDATE envelopes SET control_json = %s, event_count = %s "
+                    "WHERE message_id = %s AND event_count = 0 AND control_json IS NULL",
+                    [(control, count, message_id) for message_id, control, count in fix_ups],
+                )
+            cur.execute("DELETE FROM rejects WHERE reject_key = ANY(%s)", (keys,))
+
+        deadline = time.monotonic() + WRITE_RETRY_SECONDS
+        stats = self.store.write(rows, give_up=lambda: time.monotonic() > deadline, then=then)
+        self.added.update(row[0] for row in rows.rejects)
+        return stats.events, stats.adjustments, stats.rejects
+
+
+def _open_postgres(url: str) -> PostgresStore:
+    """The store, migrated like a worker's; a refused URL is a bad setting (exit 2), no server exit 3."""
+    from db.postgres.store import PostgresStore
+
+    try:
+        return PostgresStore.open(url)  # gives up at once on an unreachable server
+    except DatabaseUrlError as exc:
+        raise SettingsError(str(exc)) from None
+
+
+def _reprocess_postgres(settings: Settings, url: str, dry_run: bool) -> ReprocessResult:
+    import psycopg
+
+    store = _open_postgres(url)
+    try:
+        return reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
+    except psycopg.Error as exc:
+        raise DatabaseFault(f"cannot reprocess rejects in {store.location}: {scrub(str(exc), url)}") from None
+    finally:
+        store.close()
+
+
+def reprocess(
+    store: Store | PostgresStore,
+    max_decoded_bytes: int | None = None,
+    dry_run: bool = False,
+    show_progress: bool | None = None,
+) -> ReprocessResult:
+    rejects = _SqliteRejects(store) if isinstance(store, Store) else _PostgresRejects(store)
+    result = ReprocessResult()
+    with progress("reprocess", "rejects", rejects.total, show=show_progress) as bar:
+        while rows := rejects.chunk():
             now = int(time.time())
             fixed: list[tuple[str, Batch]] = []
-            for _rowid, key, message_id, event_index, raw in rows:
+            for key, message_id, event_index, raw in rows:
                 batch = retry_one(message_id, key, event_index, raw, max_decoded_bytes, now)
                 if batch is not None:
                     fixed.append((key, batch))
@@ -124,7 +233,7 @@ def reprocess(
             result.fixed += len(fixed)
             result.kept += len(rows) - len(fixed)
             if fixed and not dry_run:
-                events, adjustments, new_rejects = _write_retrying(db, fixed)
+                events, adjustments, new_rejects = rejects.write(fixed)
                 result.events += events
                 result.adjustments += adjustments
                 result.new_rejects += new_rejects
@@ -134,14 +243,17 @@ def reprocess(
 
 def run(settings: Settings, *, dry_run: bool = False, allow_network_fs: bool = False) -> int:
     """Retry the rejects in the settings' database and print what happened to them."""
-    check_local(settings.db_path, allow_network_fs)
-    store = Store.open(settings.db_path)
-    try:
-        result = reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
-    except sqlite3.DatabaseError as exc:
-        raise DatabaseFault(f"cannot reprocess rejects in {settings.db_path}: {exc}") from exc
-    finally:
-        store.close()
+    if settings.database_url is not None:
+        result = _reprocess_postgres(settings, settings.database_url, dry_run)
+    else:
+        check_local(settings.db_path, allow_network_fs)
+        store = Store.open(settings.db_path)
+        try:
+            result = reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
+        except sqlite3.DatabaseError as exc:
+            raise DatabaseFault(f"cannot reprocess rejects in {settings.db_path}: {exc}") from exc
+        finally:
+            store.close()
     verb = "would succeed" if dry_run else "succeeded"
     summary: dict[str, Any] = {
         "retried": result.retried,

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings
 from db.errors import StoppedWhileWaiting
-from db.store import Store
 from db.stores import describe, open_store
 from worker import logs
 from worker.decoders import make_decoder
@@ -60,9 +59,8 @@ def run_worker(options: RunOptions, settings: Settings) -> int:
         print(f"read_queue.py: {exc}; nothing was read", file=sys.stderr)
         return 0
     queue = open_queue(settings)
-    # Seeding reads SQLite's newest event; on PostgreSQL the lag starts from the first batch written.
-    if metrics is not None and isinstance(store, Store):
-        metrics.seed(store.db)
+    if metrics is not None:  # the lag starts from the newest event already stored, on either store
+        metrics.seed(store)
     limits = Limits(
         wait_seconds=options.wait_seconds,
         visibility_timeout=options.visibility_timeout,

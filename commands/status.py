@@ -7,6 +7,9 @@ created, an existing one is left exactly as it was).
 
 The lag is now minus the newest event's time, never negative. Event times are the sender's
 clock, so events dated more than FUTURE_SKEW_SECONDS ahead are left out of it (and counted).
+
+On PostgreSQL (DATABASE_URL, or --db postgresql://...) the same report is read in one read-only
+snapshot (db/postgres/report.py), the URL shown without its password.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,8 @@ from chalicelib.errors import QueueUnavailable
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings, SettingsError
 from chalicelib.sqlite import connect, snapshot
+from db.errors import DatabaseFault
+from db.postgres.url import redact
 from db.store import FUTURE_SKEW_SECONDS, TABLES, newest_event_time
 
 NAME = "status"
@@ -29,6 +35,7 @@ EPILOG = """examples:
   python read_queue.py status
   python read_queue.py status --db data/firehose.db --queue-url local:data/queue.db --rejects 20
   python read_queue.py status --json | jq .database.lag_seconds
+  python read_queue.py status --db 'postgresql://firehose@db.internal:5432/firehose'
 
 exit status: 0 when the queue and the database could both be read, 1 otherwise."""
 
@@ -68,6 +75,40 @@ def _scalar(db: sqlite3.Connection, sql: str, *params: Any) -> Any:
         return None
 
 
+def store_status(settings: Settings, reject_limit: int, now: float | None = None) -> dict[str, Any]:
+    """The database half of the report, from the store the settings select."""
+    if settings.database_url is None:
+        return database_status(settings.db_path, reject_limit, now)
+    return postgres_status(settings.database_url, reject_limit, now)
+
+
+def postgres_status(url: str, reject_limit: int, now: float | None = None) -> dict[str, Any]:
+    from db.postgres.report import read_report  # psycopg is loaded only when PostgreSQL is selected
+
+    now = time.time() if now is None else now
+    out: dict[str, Any] = {"path": redact(url)}
+    try:
+        report = read_report(url, reject_limit, now)
+    except DatabaseFault as exc:
+        out["error"] = str(exc)
+        return out
+    if report.schema_version == 0:
+        out["error"] = "no tune-firehose schema in this database yet (the worker creates it)"
+        return out
+    out["schema_version"] = report.schema_version
+    out.update(
+        _numbers(
+            report.rows,
+            report.newest_event_time,
+            report.future_events,
+            report.last_ingested,
+            report.last_rejects,
+            now,
+        )
+    )
+    return out
+
+
 def database_status(path: str, reject_limit: int, now: float | None = None) -> dict[str, Any]:
     now = time.time() if now is None else now
     out: dict[str, Any] = {"path": path}
@@ -92,30 +133,46 @@ def database_status(path: str, reject_limit: int, now: float | None = None) -> d
 def _database_numbers(db: sqlite3.Connection, reject_limit: int, now: float) -> dict[str, Any]:
     out: dict[str, Any] = {"schema_version": _scalar(db, "PRAGMA user_version")}
     # TABLES is a constant tuple of our own table names.
-    out["rows"] = {t: _scalar(db, f"SELECT count(*) FROM {t}") for t in TABLES}
-    out["rows"]["adjustments_pending"] = _scalar(db, "SELECT count(*) FROM adjustments_pending")
+    rows = {t: _scalar(db, f"SELECT count(*) FROM {t}") for t in TABLES}
+    rows["adjustments_pending"] = _scalar(db, "SELECT count(*) FROM adjustments_pending")
     try:
         newest = newest_event_time(db, now)
     except sqlite3.OperationalError:  # an older schema without that table
         newest = None
     ingested = _scalar(db, "SELECT max(ingested_at) FROM events")
-    out["newest_event_time"] = _iso(newest)
-    out["lag_seconds"] = None if newest is None else max(0, round(now - newest))
-    out["future_events"] = _scalar(db, "SELECT count(*) FROM events WHERE event_time > ?", now + FUTURE_SKEW_SECONDS)
-    out["last_ingested"] = _iso(ingested)
+    future = _scalar(db, "SELECT count(*) FROM events WHERE event_time > ?", now + FUTURE_SKEW_SECONDS)
     try:
-        rows = db.execute(
+        rejects = db.execute(
             "SELECT rejected_at, message_id, event_index, reason FROM rejects "
             "ORDER BY rejected_at DESC, rowid DESC LIMIT ?",
             (reject_limit,),
         ).fetchall()
     except sqlite3.OperationalError:
-        rows = []
-    out["last_rejects"] = [
-        {"rejected_at": _iso(at), "message_id": mid, "event_index": index, "reason": reason}
-        for at, mid, index, reason in rows
-    ]
+        rejects = []
+    out.update(_numbers(rows, newest, future, ingested, rejects, now))
     return out
+
+
+def _numbers(
+    rows: dict[str, int | None],
+    newest: int | None,
+    future: int | None,
+    ingested: int | None,
+    rejects: Sequence[tuple[Any, ...]],
+    now: float,
+) -> dict[str, Any]:
+    """The report's database numbers, worded the same for both stores."""
+    return {
+        "rows": rows,
+        "newest_event_time": _iso(newest),
+        "lag_seconds": None if newest is None else max(0, round(now - newest)),
+        "future_events": future,
+        "last_ingested": _iso(ingested),
+        "last_rejects": [
+            {"rejected_at": _iso(at), "message_id": mid, "event_index": index, "reason": reason}
+            for at, mid, index, reason in rejects
+        ],
+    }
 
 
 def _n(value: int | None) -> str:
@@ -169,7 +226,7 @@ def run(settings: Settings, *, rejects: int = 5, as_json: bool = False) -> int:
     """Print the report (text, or one JSON document); 1 when the queue or the database could not be read."""
     report = {
         "queue": queue_status(settings),
-        "database": database_status(settings.db_path, max(0, rejects)),
+        "database": store_status(settings, max(0, rejects)),
     }
     print(json.dumps(report, indent=2) if as_json else render(report))
     return 1 if "error" in report["queue"] or "error" in report["database"] else 0

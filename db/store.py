@@ -167,5 +167,11 @@ class Store:
     def counts(self) -> dict[str, int]:
         return {t: self.db.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in TABLES}
 
+    def newest_event_time(self, now: float) -> int | None:
+        try:
+            return newest_event_time(self.db, now)
+        except sqlite3.Error as exc:
+            raise DatabaseFault(f"cannot read {self.path}: {exc}") from exc
+
     def close(self) -> None:
         self.db.close()

@@ -167,7 +167,7 @@ def test_lag_gauge_leaves_out_future_dated_events(tmp_path: Path) -> None:
     store = Store.open(tmp_path / "firehose.db")
     store.write(batch)
     seeded = CollectorRegistry()
-    Metrics(seeded).seed(store.db)
+    Metrics(seeded).seed(store)
     assert seeded.get_sample_value("tune_firehose_newest_event_timestamp_seconds") == int(now - 7200 + 60)
     soon = Batch()
     soon.add_message("m2", tune_message([{"action": "click", "datetime": _iso(now + FUTURE_SKEW_SECONDS / 2)}]), 1)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import sqlite3
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -31,12 +30,14 @@ from prometheus_client import (
 )
 
 from db.batch import EVENT_COLUMNS
-from db.store import FUTURE_SKEW_SECONDS, newest_event_time
+from db.errors import DatabaseFault
+from db.store import FUTURE_SKEW_SECONDS
 
 if TYPE_CHECKING:
     from chalicelib.queues import Depth, Message
     from db.batch import Rows
     from db.store import WriteStats
+    from db.stores import WritableStore
     from worker.loop import Totals
 
 log = logging.getLogger("tune_firehose.metrics")
@@ -109,11 +110,12 @@ class Metrics:
                 self._newest = when
                 self.newest_event_time.set(when)
 
-    def seed(self, db: sqlite3.Connection) -> None:
-        """Start the lag from what the database already holds (the index makes this cheap)."""
+    def seed(self, store: WritableStore) -> None:
+        """Start the lag from what the database already holds (an index makes this cheap), on
+        either store, by the rule of db/store.newest_event_time."""
         try:
-            newest = newest_event_time(db, time.time())
-        except sqlite3.Error as exc:
+            newest = store.newest_event_time(time.time())
+        except DatabaseFault as exc:
             log.warning("could not read the newest event time: %s", exc)
             return
         self._saw_event_times([] if newest is None else [newest])

@@ -42,7 +42,7 @@ from db.postgres import partitions as parts_of_events
 from db.postgres.partitions import Partitions
 from db.postgres.schema import migrate
 from db.postgres.url import redact, scrub
-from db.store import WriteStats
+from db.store import FUTURE_SKEW_SECONDS, WriteStats
 
 log = logging.getLogger("tune_firehose.postgres")
 
@@ -149,6 +149,8 @@ class PostgresStore:
         self._force_sync = False
         # Why writes were retried, by SQLSTATE ("connection" for a lost or refused connection).
         self.retried: Counter[str] = Counter()
+        # Rows each table gained in the last write (`merge` reports them; WriteStats has no envelopes).
+        self.inserted: dict[str, int] = {}
 
     def __repr__(self) -> str:
         return f"PostgresStore({self.location})"
@@ -228,15 +230,23 @@ class PostgresStore:
 
     # -- write -------------------------------------------------------------------------------
 
-    def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+    def write(
+        self,
+        batch: Rows | Incoming,
+        give_up: Callable[[], bool] = lambda: False,
+        then: Callable[[Any], None] | None = None,
+    ) -> WriteStats:
         """Write the whole batch in one transaction. A lost connection or a lock conflict is
-        retried until `give_up()` says stop; an `Incoming` batch is staged part by part as it arrives."""
+        retried until `give_up()` says stop; an `Incoming` batch is staged part by part as it arrives.
+        `then(cursor)` runs in the same transaction after the rows are in, again on each retry
+        (reprocess-rejects deletes the rejects it fixed there); it must only update or delete rows
+        other writers do not hold, so it never waits for them (see the notes on deadlocks)."""
         attempt, clean = 0, False
         while True:
             try:
                 if self.conn is None:
                     self._connect()
-                return self._write_once(batch.parts() if isinstance(batch, Incoming) else [batch], clean)
+                return self._write_once(batch.parts() if isinstance(batch, Incoming) else [batch], clean, then)
             except (psycopg.DataError, UnicodeEncodeError) as exc:
                 if clean:
                     raise  # not a text problem: the worker writes the batch's messages one at a time
@@ -281,7 +291,7 @@ class PostgresStore:
         except psycopg.Error:
             self.conn = None
 
-    def _write_once(self, parts: Iterable[Rows], clean: bool) -> WriteStats:
+    def _write_once(self, parts: Iterable[Rows], clean: bool, then: Callable[[Any], None] | None = None) -> WriteStats:
         conn = self.conn
         self._ensure_ahead()
         staged = _Staged()
@@ -292,7 +302,10 @@ class PostgresStore:
                     self._stage(cur, part, staged, clean)
                 created = self.partitions.create(conn, staged.months) if staged.months else []
                 moved = {t.name: cur.execute(t.move()).rowcount if staged.rows[t.name] else 0 for t in TABLES}
+                if then is not None:
+                    then(cur)
         self.partitions.add(created)
+        self.inserted = moved
         return WriteStats(
             events=moved["events"],
             duplicates=staged.rows["events"] - moved["events"],
@@ -347,6 +360,30 @@ class PostgresStore:
 
     def months(self) -> list[parts_of_events.Month]:
         return parts_of_events.months(self.conn)
+
+    def connection(self) -> Any:
+        """The open connection (autocommit), made again if a write lost it."""
+        if self.conn is None:
+            try:
+                self._connect()
+            except _Unreachable as exc:
+                raise DatabaseFault(f"cannot reach PostgreSQL at {self.location}: {exc}") from None
+        return self.conn
+
+    def newest_event_time(self, now: float) -> int | None:
+        """db/store.newest_event_time's rule, on this database."""
+        try:
+            return newest_event_time(self.connection(), now)
+        except psycopg.Error as exc:
+            raise DatabaseFault(f"cannot read PostgreSQL at {self.location}: {self._scrub(exc)}") from None
+
+
+def newest_event_time(conn: Any, now: float) -> int | None:
+    """The newest event time not in the future (beyond FUTURE_SKEW_SECONDS): the rule of
+    db/store.newest_event_time, the same statement and bound; events_by_time makes it cheap."""
+    row = conn.execute("SELECT max(event_time) FROM events WHERE event_time <= %s", (int(now + FUTURE_SKEW_SECONDS),))
+    (newest,) = row.fetchone()
+    return None if newest is None else int(newest)
 
 
 def _pause(attempt: int) -> float:

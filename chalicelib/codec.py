@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import gzip
 import json
 import math
@@ -16,6 +17,7 @@ import re
 import secrets
 import time
 import zlib
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,17 +81,23 @@ def _unbase64(text: str) -> bytes:
 
 def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> bytes:
     """Strip the transport layers (base64, gzip) and return the JSON document's bytes."""
+    payload, compressed = _strip_transport(body, max_bytes)
+    return inflate(payload, max_bytes) if compressed else payload
+
+
+def _strip_transport(body: str | bytes, max_bytes: int) -> tuple[bytes, bool]:
+    """The JSON document's bytes, or (with True) the gzip or zlib data that inflates to them."""
     # surrogatepass: a str body holding a lone surrogate becomes bytes that fail as "not valid UTF-8"
     raw = body.encode("utf-8", "surrogatepass") if isinstance(body, str) else bytes(body)
     stripped = raw.strip()
     if not stripped:
         raise CodecError("body is empty")
     if stripped[:2] == GZIP_MAGIC:
-        return inflate(stripped, max_bytes)
+        return stripped, True
     if stripped[:1] in (b"{", b"["):
         if len(stripped) > max_bytes:
             raise BodyTooLarge(f"JSON body exceeds the limit of {max_bytes} bytes")
-        return stripped
+        return stripped, False
     try:
         text = stripped.decode("ascii")
     except UnicodeDecodeError:
@@ -97,16 +105,16 @@ def body_to_json_bytes(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_B
     if text[0] in '"-0123456789' or text in ("true", "false", "null"):
         try:
             json.loads(text)
-            return stripped  # a JSON scalar: split_envelope names its type
+            return stripped, False  # a JSON scalar: split_envelope names its type
         except ValueError:
             pass
     inner = _unbase64(text)
     if inner[:2] == GZIP_MAGIC or inner[:1] == b"\x78":  # gzip, or zlib's header byte
-        return inflate(inner, max_bytes)
+        return inner, True
     if inner.lstrip()[:1] in (b"{", b"["):
         if len(inner) > max_bytes:
             raise BodyTooLarge(f"JSON body exceeds the limit of {max_bytes} bytes")
-        return inner
+        return inner, False
     raise CodecError("base64 body does not hold gzip or JSON")
 
 
@@ -144,14 +152,21 @@ def _parse_float(text: str) -> float:
     return exact
 
 
-def parse_json(data: bytes) -> Any:
-    """The document, each float literal a float (a `FloatText` when the float loses digits)."""
+def _utf8_text(data: bytes) -> str:
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise CodecError(f"body is not valid UTF-8 (byte {exc.start})") from None
+
+
+def parse_json(data: bytes) -> Any:
+    """The document, each float literal a float (a `FloatText` when the float loses digits)."""
+    return _parse_text(_utf8_text(data))
+
+
+def _parse_text(text: str, object_pairs_hook: Any = _unique_keys) -> Any:
     try:
-        return json.loads(text, object_pairs_hook=_unique_keys, parse_float=_parse_float)
+        return json.loads(text, object_pairs_hook=object_pairs_hook, parse_float=_parse_float)
     except json.JSONDecodeError as exc:
         raise CodecError(f"invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
     except RecursionError:
@@ -188,6 +203,214 @@ def decode_body(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -
     """
     data = body_to_json_bytes(body, max_bytes)
     return _decode_canonical(data) or split_envelope(parse_json(data))
+
+
+def read_body(body: str | bytes, max_bytes: int = DEFAULT_MAX_DECODED_BYTES) -> Decoded | EventStream:
+    """`decode_body`, except that a document larger than STREAM_MIN_BYTES comes back as an
+    `EventStream`: inflated piece by piece and its events parsed one at a time, so neither the whole
+    document nor its parsed objects are ever held. Raises CodecError as `decode_body` does."""
+    payload, compressed = _strip_transport(body, max_bytes)
+    if compressed:
+        inflater = zlib.decompressobj(_AUTO_HEADER_WBITS)
+        try:
+            head = inflater.decompress(payload, STREAM_MIN_BYTES + 1)
+        except zlib.error:
+            head = inflate(payload, max_bytes)  # raises, with its wording
+        if len(head) > STREAM_MIN_BYTES and max_bytes > STREAM_MIN_BYTES:
+            return EventStream(
+                _inflated_text(inflater, head, payload, max_bytes), lambda: body_to_json_bytes(body, max_bytes)
+            )
+        if len(head) > max_bytes or not inflater.eof:
+            inflate(payload, max_bytes)  # too large or truncated: raises, with its wording
+        data = head
+    else:
+        data = payload
+    if len(data) <= STREAM_MIN_BYTES:
+        return _decode_canonical(data) or split_envelope(parse_json(data))
+    return EventStream(iter([_utf8_text(data)]), lambda: body_to_json_bytes(body, max_bytes))
+
+
+# Inflated bytes per piece of an EventStream's text.
+_PIECE_BYTES = 1024 * 1024
+
+
+def _inflated_text(inflater: Any, head: bytes, payload: bytes, max_bytes: int) -> Iterator[str]:
+    """The document's text, piece by piece: what `inflate` gives whole. Raises CodecError where it
+    would raise (too large, truncated, corrupt) or the text is not UTF-8 (EventStream stops there)."""
+    utf8 = codecs.getincrementaldecoder("utf-8")()
+    total, out, pending = len(head), head, inflater.unconsumed_tail
+    del head, payload
+    try:
+        while True:
+            yield utf8.decode(out)
+            if inflater.eof:
+                break
+            out = inflater.decompress(pending, _PIECE_BYTES)
+            pending = inflater.unconsumed_tail
+            total += len(out)
+            if total > max_bytes or not (out or pending or inflater.eof):
+                raise CodecError("too large or truncated")
+        yield utf8.decode(b"", final=True)
+    except (zlib.error, UnicodeDecodeError):
+        raise CodecError("corrupt, or not UTF-8") from None
+
+
+# JSON's whitespace, as the json module skips it.
+_WHITESPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_whitespace(text: str, at: int) -> int:
+    """Where the JSON whitespace from `at` ends."""
+    match = _WHITESPACE.match(text, at)
+    return match.end() if match else at
+
+
+# The parser `parse_json` uses, one value at a time (raw_decode parses one value from an offset).
+_VALUE_PARSER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_parse_float)
+
+
+# Raised inside `EventStream` only, never out of it: the document is not one read event by event.
+def _unusual() -> CodecError:
+    return CodecError("not an envelope read event by event")
+
+
+def _drop_checked(pairs: list[tuple[str, Any]]) -> None:
+    """object_pairs_hook for validating only: the same checks as `_unique_keys`, nothing kept."""
+    _unique_keys(pairs)
+
+
+class EventStream:
+    """A large envelope, read one event at a time from its text as it is inflated: each event is
+    parsed when it is asked for, with the very parser `parse_json` uses, so it is the object the
+    whole-document path would give. Only a window of the text is held (what is not yet parsed).
+
+    Iterating yields the events; afterwards `control` holds the envelope's other fields and `count`
+    the number of events, unless `unusual` is set: then the document is invalid, or of a shape read
+    only whole (a key named twice, a single event, no `events` list, a scalar), iteration stopped
+    early, and what was taken from it must be dropped in favour of `whole()`, which reads the body
+    again and gives (or raises) exactly what `decode_body` does."""
+
+    def __init__(self, pieces: Iterator[str], reread: Callable[[], bytes]) -> None:
+        self._pieces, self._reread = pieces, reread
+        self._text, self._at, self._finished = "", 0, False
+        self.control: dict[str, Any] = {}
+        self.count = 0
+        self.unusual = False
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            yield from self._walk()
+        except (ValueError, CodecError, RecursionError):  # JSONDecodeError is a ValueError
+            self.unusual = True
+        self._text, self._pieces = "", iter(())
+
+    def whole(self) -> Decoded:
+        """What `decode_body` gives for the document (raising its CodecError). Validated first
+        without keeping what it parses, so a document that fails costs no more than one that passes."""
+        text = _utf8_text(self._reread())
+        _parse_text(text, _drop_checked)
+        return split_envelope(_parse_text(text))
+
+    # -- the window of text ------------------------------------------------------------------
+
+    def _more(self) -> bool:
+        """Drop the text parsed so far and add at least as much as is left (so a value larger than
+        a piece is parsed again only a few times); False at the end of the document."""
+        if self._finished:
+            return False
+        parts, added = [self._text[self._at :]], 0
+        while added < max(len(parts[0]), 1):
+            piece = next(self._pieces, None)
+            if piece is None:
+                self._finished = True
+                break
+            parts.append(piece)
+            added += len(piece)
+        self._text, self._at = "".join(parts), 0
+        return added > 0 or not self._finished
+
+    def _peek(self) -> str:
+        """The next character that is not whitespace ("" at the end)."""
+        while True:
+            self._at = _skip_whitespace(self._text, self._at)
+            if self._at < len(self._text) or not self._more():
+                return self._text[self._at : self._at + 1]
+
+    def _value(self) -> Any:
+        """The JSON value at the current place (after `_peek`)."""
+        while True:
+            try:
+                value, end = _VALUE_PARSER.raw_decode(self._text, self._at)
+            except ValueError:  # perhaps cut short by the window's end
+                if self._more():
+                    continue
+                raise
+            if end == len(self._text) and self._more():  # a number may go on in the next piece
+                continue
+            self._at = end
+            return value
+
+    # -- the envelope ------------------------------------------------------------------------
+
+    def _walk(self) -> Generator[Any, None, None]:
+        first = self._peek()
+        self._at += 1
+        if first == "[":
+            yield from self._elements()
+        elif first == "{":
+            yield from self._fields()
+        else:
+            raise _unusual()
+        if self._peek() != "":
+            raise _unusual()
+
+    def _fields(self) -> Generator[Any, None, None]:
+        """The envelope object's fields, after its brace."""
+        found = False
+        while True:
+            if self._peek() != '"':
+                raise _unusual()  # an empty object, or not JSON
+            key = self._value()
+            if self._peek() != ":" or key in self.control or (key == ENVELOPE_EVENTS_KEY and found):
+                raise _unusual()
+            self._at += 1
+            if key == ENVELOPE_EVENTS_KEY:
+                if self._peek() != "[":
+                    raise _unusual()
+                self._at += 1
+                found = True
+                yield from self._elements()
+            else:
+                self._peek()
+                self.control[key] = self._value()
+            after = self._peek()
+            self._at += 1
+            if after == "}" and found:
+                return
+            if after != ",":
+                raise _unusual()
+
+    def _elements(self) -> Generator[Any, None, None]:
+        """The events of a list, after its bracket."""
+        if self._peek() == "]":
+            self._at += 1
+            return
+        while True:
+            self._peek()
+            event = self._value()
+            self.count += 1
+            yield event
+            del event
+            after = self._peek()
+            self._at += 1
+            if after == "]":
+                return
+            if after != ",":
+                raise _unusual()
+
+
+# Above this size (inflated) the worker reads a message's events one at a time (`read_body`).
+STREAM_MIN_BYTES = 1024 * 1024
 
 
 # While orjson parses a document and writes its events back, it holds about 15 times the document

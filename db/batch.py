@@ -5,7 +5,7 @@ The worker builds these (worker/rows.py decodes messages into them); the store o
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,32 +108,130 @@ class Rows:
         return len(self.events) + len(self.adjustments) + len(self.rejects)
 
 
+_EVENT_TIME = EVENT_COLUMNS.index("event_time")
+
+
+class Streamed:
+    """One message's rows, too many to hold at once: they arrive in chunks (each a `Rows`) while the
+    store writes them, and each is dropped once written. `size` and `decoded_bytes` are the whole
+    message's, known before any chunk. `chunks()` can be iterated again (a write retried): the chunks
+    then come from `again`, which reads them once more from where they are kept, or decodes the
+    message again. What passed is remembered only as much as the worker's observers need: the
+    envelope rows and the events' times (`summary`)."""
+
+    def __init__(
+        self, size: int, decoded_bytes: int, chunks: Iterable[Rows], again: Callable[[], Iterable[Rows]]
+    ) -> None:
+        self.size, self.decoded_bytes = size, decoded_bytes
+        self._first: Iterable[Rows] | None = chunks
+        self._again = again
+        self._envelopes: list[tuple[Any, ...]] = []
+        self._event_times: list[int] = []
+        self._whole: Rows | None = None
+
+    def chunks(self) -> Iterator[Rows]:
+        source, self._first = self._first, None
+        envelopes: list[tuple[Any, ...]] = []
+        times: list[int] = []
+        for chunk in source if source is not None else self._again():
+            envelopes += chunk.envelopes
+            times += [t for row in chunk.events if type(t := row[_EVENT_TIME]) is int]
+            yield chunk
+        self._envelopes, self._event_times = envelopes, times
+
+    def summary(self) -> Rows:
+        """After `chunks()`: its envelope rows, and one short row per event holding only its
+        `event_time` (at the index it has in an events row), for the observers."""
+        stub = (None,) * _EVENT_TIME
+        return Rows(
+            events=[(*stub, t) for t in self._event_times],
+            envelopes=list(self._envelopes),
+            decoded_bytes=self.decoded_bytes,
+        )
+
+    def whole(self) -> Rows:
+        """Every row at once (tests, and callers that want a `Rows`): as much memory as the message,
+        kept from then on."""
+        if self._whole is None:
+            whole = Rows()
+            for chunk in self.chunks():
+                whole.extend(chunk)
+            whole.decoded_bytes = self.decoded_bytes
+            self._whole = whole
+            self._first, self._again = None, lambda: [whole]
+        return self._whole
+
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        return self.whole().events
+
+    @property
+    def adjustments(self) -> list[tuple[Any, ...]]:
+        return self.whole().adjustments
+
+    @property
+    def envelopes(self) -> list[tuple[Any, ...]]:
+        return self.whole().envelopes
+
+    @property
+    def rejects(self) -> list[tuple[Any, ...]]:
+        return self.whole().rejects
+
+
+Part = Rows | Streamed
+
+
+def chunks_of(part: Part) -> Iterator[Rows]:
+    """A message's rows as the store writes them: itself, or its chunks."""
+    if isinstance(part, Streamed):
+        yield from part.chunks()
+    else:
+        yield part
+
+
 class Incoming:
     """A batch whose rows arrive in parts, one per message, as a decoder produces them: the store
     writes the first parts while later ones are still being decoded.
 
-    `parts()` can be iterated again (a write retried after a lock): it replays the parts already
-    handed out, then goes on with the rest. The properties of `Rows` read the whole batch, waiting
-    for every part."""
+    `parts()` yields what the store inserts: each part, or a `Streamed` part's chunks one by one.
+    It can be iterated again (a write retried after a lock): it replays the parts already handed out
+    (a `Streamed` part reads its chunks again), then goes on with the rest. The properties of `Rows`
+    read the whole batch, waiting for every part."""
 
-    def __init__(self, parts: Iterable[Rows]) -> None:
-        self._source: Iterator[Rows] = iter(parts)
-        self._received: list[Rows] = []
+    def __init__(self, parts: Iterable[Part]) -> None:
+        self._source: Iterator[Part] = iter(parts)
+        self._received: list[Part] = []
         self._whole: Rows | None = None
 
     def parts(self) -> Iterator[Rows]:
-        yield from list(self._received)
+        for part in list(self._received):
+            yield from chunks_of(part)
         for part in self._source:
             self._received.append(part)
-            yield part
+            yield from chunks_of(part)
+
+    def taken(self) -> list[Part]:
+        """Every part, each taken from the source (a `Streamed` one read through) if not yet."""
+        for part in self._source:
+            self._received.append(part)
+            for _ in chunks_of(part):
+                pass
+        return list(self._received)
+
+    def summary(self) -> Rows:
+        """After `parts()` or `taken()`: the batch for the observers, a `Streamed` part as its
+        summary (no row held whole), with the `decoded_bytes` of all of it."""
+        summary = Rows()
+        for part in self.taken():
+            summary.extend(part.summary() if isinstance(part, Streamed) else part)
+        return summary
 
     def whole(self) -> Rows:
         if self._whole is None:
-            for _ in self.parts():
-                pass
+            self._received.extend(self._source)
             self._whole = Rows()
             for part in self._received:
-                self._whole.extend(part)
+                self._whole.extend(part.whole() if isinstance(part, Streamed) else part)
             self._received = [self._whole]
         return self._whole
 

@@ -15,6 +15,12 @@ of received messages goes in; back come, for each message in order, its rows in 
 message's size (rows, decoded bytes), so the worker can cut its transactions before it loads a
 message's rows. The worker holds at most `READ_AHEAD_BYTES` of frames it has not taken; beyond that
 the pipe fills and the helper waits, so large messages never pile up in memory.
+
+A large message (one read event by event, `codec.EventStream`) is never held whole in either
+process: its rows are spilled to a temporary file chunk by chunk as they are built, sent from there
+once the message is decoded to its end, and handed to the store as a `Streamed` part whose chunks
+are loaded one at a time as they are written. A write retried reads them again (from the file, or
+by decoding the message again): `decode_message` is a function of the message and `now` alone.
 It needs no multiprocessing machinery (no resource tracker process, nothing that outlives the
 worker): when the worker dies, the helper reads end-of-file and exits.
 """
@@ -29,6 +35,7 @@ import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -36,7 +43,7 @@ from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import IO, Protocol
 
-from db.batch import Rows
+from db.batch import Part, Rows, Streamed, chunks_of
 from worker.errors import HelperDied
 from worker.rows import Batch
 
@@ -61,12 +68,75 @@ CHUNK_BYTES = 1024 * 1024
 READ_AHEAD_BYTES = 8 * 1024 * 1024
 
 
-def decode_message(item: Item, max_decoded_bytes: int, now: int) -> Batch:
-    """One message's rows. Never raises: what cannot be decoded or stored becomes a reject."""
+class _Spill:
+    """A large message's rows, put aside in a temporary file chunk by chunk as they are built (each
+    chunk as the helper sends it: marshalled), so neither process holds them all. The file is made
+    only when a first chunk comes, and goes when this is closed or dropped."""
+
+    def __init__(self) -> None:
+        self._file: IO[bytes] | None = None
+        self.chunks = 0
+
+    def put(self, rows: Rows) -> None:
+        if self._file is None:
+            self._file = tempfile.TemporaryFile(prefix="firehose-rows-")
+        _write_frame(self._file, marshal.dumps((rows.events, rows.adjustments, rows.envelopes, rows.rejects, 0)))
+        self.chunks += 1
+
+    def reset(self) -> None:
+        if self._file is not None:
+            self._file.seek(0)
+            self._file.truncate()
+        self.chunks = 0
+
+    def payloads(self) -> Iterator[bytes]:
+        """Each chunk, marshalled, in order (again from the start on each call; each call reads
+        from its own place, so one left half-way does not disturb the next)."""
+        stream = self._file
+        if stream is None:
+            return
+        stream.flush()
+        at = 0
+        for _ in range(self.chunks):
+            stream.seek(at)
+            payload = _read_frame(stream)
+            if payload is None:
+                raise OSError("a spilled chunk of rows was cut short")
+            at = stream.tell()
+            yield payload
+
+    def rows(self) -> Iterator[Rows]:
+        for payload in self.payloads():
+            events, adjustments, envelopes, rejects, _ = marshal.loads(payload)  # noqa: S302 - our own file
+            yield Rows(events, adjustments, envelopes, rejects)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class _Spilled(Streamed):
+    """A message whose rows were spilled while it was decoded: its chunks come from the file."""
+
+    def __init__(self, size: int, decoded_bytes: int, spill: _Spill) -> None:
+        super().__init__(size, decoded_bytes, spill.rows(), spill.rows)
+        self.spill = spill
+
+
+def decode_message(item: Item, max_decoded_bytes: int, now: int) -> Batch | Streamed:
+    """One message's rows: a `Batch`, or, for a message read event by event whose rows outgrow
+    CHUNK_BYTES of decoded text, a `Streamed` whose chunks were spilled as they were built (so no
+    process holds them all). Never raises: what cannot be decoded or stored becomes a reject."""
     message_id, body, receive_count = item
-    batch = Batch()
+    batch, spill = Batch(), _Spill()
+    batch.spill_to(spill, CHUNK_BYTES)
     batch.add_message(message_id, body, receive_count, max_decoded_bytes, now)
-    return batch
+    if not spill.chunks:
+        spill.close()
+        return batch
+    spill.put(batch)  # the rest, the envelope row among it
+    return _Spilled(batch.spilled_size + batch.size, batch.decoded_bytes, spill)
 
 
 def decode_batch(items: Sequence[Item], max_decoded_bytes: int, now: int) -> Batch:
@@ -78,11 +148,12 @@ def decode_batch(items: Sequence[Item], max_decoded_bytes: int, now: int) -> Bat
 
 
 class Parts(Protocol):
-    """The rows of submitted messages, one `Rows` per message, in order."""
+    """The rows of submitted messages, one part per message, in order: a `Rows`, or for a large
+    message a `Streamed` whose chunks are loaded only as they are written."""
 
-    def __iter__(self) -> Iterator[Rows]: ...
+    def __iter__(self) -> Iterator[Part]: ...
 
-    def __next__(self) -> Rows: ...
+    def __next__(self) -> Part: ...
 
     def peek(self) -> tuple[int, int] | None:
         """The next part's `size` and `decoded_bytes`, before its rows are loaded; None at the end."""
@@ -107,9 +178,9 @@ class _InlineParts:
 
     def __init__(self, items: Sequence[Item], max_decoded_bytes: int, now: int) -> None:
         self._items, self._max, self._now = deque(items), max_decoded_bytes, now
-        self._ahead: Batch | None = None
+        self._ahead: Batch | Streamed | None = None
 
-    def __iter__(self) -> Iterator[Rows]:
+    def __iter__(self) -> Iterator[Part]:
         return self
 
     def peek(self) -> tuple[int, int] | None:
@@ -117,7 +188,7 @@ class _InlineParts:
             self._ahead = decode_message(self._items.popleft(), self._max, self._now)
         return None if self._ahead is None else (self._ahead.size, self._ahead.decoded_bytes)
 
-    def __next__(self) -> Rows:
+    def __next__(self) -> Part:
         if self.peek() is None:
             raise StopIteration
         part, self._ahead = self._ahead, None
@@ -156,7 +227,7 @@ def _read_frame(stream: IO[bytes]) -> bytes | None:
     return payload if len(payload) == size else None
 
 
-def _chunks(batch: Batch) -> Iterator[Rows]:
+def _chunks(batch: Rows) -> Iterator[Rows]:
     """The message's rows in pieces of about CHUNK_BYTES of decoded text (a row is never split)."""
     chunk, held = Rows(), 0
     # (table, where its rows hold their decoded text)
@@ -171,24 +242,41 @@ def _chunks(batch: Batch) -> Iterator[Rows]:
         yield chunk
 
 
+def _payloads(part: Batch | Streamed) -> Iterator[bytes]:
+    """A message's rows marshalled in chunks: read back from its spill, or cut here."""
+    if isinstance(part, _Spilled):
+        yield from part.spill.payloads()
+        return
+    chunks = list(_chunks(part.whole() if isinstance(part, Streamed) else part)) or [Rows()]
+    del part
+    for index, chunk in enumerate(chunks):
+        chunks[index] = Rows()  # sent: let it go
+        yield marshal.dumps((chunk.events, chunk.adjustments, chunk.envelopes, chunk.rejects, 0))
+
+
 def _frames(item: Item, max_decoded_bytes: int, now: int) -> Iterator[bytes]:
     """One message's frames. No message can make this raise (and so end the helper): if decoding
     or sending it fails here all the same (out of memory; a value marshal cannot write), the
-    message is abandoned to the worker, which decodes it itself, exactly as `--decode inline` would."""
+    message is abandoned to the worker, which decodes it itself, exactly as `--decode inline` would.
+    The message's rows are all built (or spilled) before its first frame goes: then its size is
+    known, and so is that it is not rejected whole after all."""
+    part: Batch | Streamed | None = None
     try:
-        batch = decode_message(item, max_decoded_bytes, now)
-        size, decoded_bytes = batch.size, batch.decoded_bytes
-        chunks = list(_chunks(batch)) or [Rows()]
-        del batch
-        for index, chunk in enumerate(chunks):
-            flag = _LAST if index == len(chunks) - 1 else _MORE
-            rows = (chunk.events, chunk.adjustments, chunk.envelopes, chunk.rejects, decoded_bytes if index == 0 else 0)
-            frame = marshal.dumps(rows) + _TRAILER.pack(size, decoded_bytes, flag)
-            chunks[index] = Rows()  # sent: let it go
-            yield frame
+        part = decode_message(item, max_decoded_bytes, now)
+        size, decoded_bytes = part.size, part.decoded_bytes
+        payloads = _payloads(part)
+        # Each frame is sent once the next is read, so the last one is known to be the last.
+        ahead = next(payloads)
+        for payload in payloads:
+            yield ahead + _TRAILER.pack(size, decoded_bytes, _MORE)
+            ahead = payload
+        yield ahead + _TRAILER.pack(size, decoded_bytes, _LAST)
     except Exception as exc:
         log.error("the decoding helper could not decode message %s (%r); the worker decodes it", item[0], exc)
         yield _ABANDON
+    finally:
+        if isinstance(part, _Spilled):
+            part.spill.close()
 
 
 # The last frame of a message the helper gave up: empty rows, the worker decodes the message itself.
@@ -391,42 +479,103 @@ class _Helper:
             self.proc.kill()
             self.proc.wait()
         self._reader.join(timeout=10)
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()  # the reader is done with it
+
+
+class _Stream:
+    """Where the worker is in a message the helper sends in several frames (see `_HelperParts`)."""
+
+    def __init__(self, first: bytes) -> None:
+        self.frame: bytes | None = first  # the next frame to load, once read
+        self.flag = first[-1]  # the flag of the last frame read
+        self.started = False
+        self.detached = False  # the reader moved on to the next message: its frames are gone
 
 
 class _HelperParts:
-    """The parts of one request, as the helper sends them; decoded here instead if it dies."""
+    """The parts of one request, as the helper sends them; decoded here instead if it dies.
+
+    A message that crosses in one frame is loaded at once. One in several frames is a `Streamed`
+    part that loads each frame only when the store asks for the next chunk, so the worker holds
+    about a frame of it at a time. If the next part is asked for before a `Streamed` part's frames
+    were all read, they are passed over and that part decodes its message here when read."""
 
     def __init__(self, reply: _Reply, items: list[Item], max_decoded_bytes: int, now: int) -> None:
         self._reply, self._max, self._now = reply, max_decoded_bytes, now
         self._items = deque(items)  # not yet taken, in order
         self._frames: Iterator[bytes] | None = iter(reply)
-        self._ahead: bytes | Batch | None = None  # the next part: its first frame, or its rows
+        self._ahead: bytes | Batch | Streamed | None = None  # the next part: its first frame, or its rows
+        self._open: _Stream | None = None  # the Streamed part handed out whose frames are still coming
 
-    def __iter__(self) -> Iterator[Rows]:
+    def __iter__(self) -> Iterator[Part]:
         return self
 
     def peek(self) -> tuple[int, int] | None:
+        self._detach()
         if self._ahead is None and self._items:
             self._ahead = self._frame()
             if self._ahead is None:  # the helper is gone
                 self._ahead = decode_message(self._items[0], self._max, self._now)
-        if isinstance(self._ahead, Batch):
+        if isinstance(self._ahead, (Batch, Streamed)):
             return self._ahead.size, self._ahead.decoded_bytes
         if self._ahead is None:
             return None
         size, decoded_bytes, _flag = _TRAILER.unpack_from(self._ahead, len(self._ahead) - _TRAILER.size)
         return size, decoded_bytes
 
-    def __next__(self) -> Rows:
+    def __next__(self) -> Part:
         if self.peek() is None:
             raise StopIteration
         first, self._ahead = self._ahead, None
         item = self._items.popleft()
-        if isinstance(first, Batch):
+        if isinstance(first, (Batch, Streamed)):
             return first
         assert first is not None
+        if first[-1] == _MORE:
+            size, decoded_bytes, _flag = _TRAILER.unpack_from(first, len(first) - _TRAILER.size)
+            self._open = stream = _Stream(first)
+            return Streamed(size, decoded_bytes, self._stream(stream, item), lambda: self._decode_again(item))
         part = self._load(first, item)
         return part if part is not None else decode_message(item, self._max, self._now)
+
+    def _decode_again(self, item: Item) -> Iterator[Rows]:
+        return chunks_of(decode_message(item, self._max, self._now))
+
+    def _stream(self, stream: _Stream, item: Item) -> Iterator[Rows]:
+        """A message's chunks, each loaded from its frame when asked for. A failure half-way (the
+        helper died or gave up, a frame cut wrong) raises: the store's transaction is then rolled
+        back, and the worker writes the message again alone, decoding it here."""
+        if stream.detached:  # its frames were passed over before any was read: decode it here
+            yield from self._decode_again(item)
+            return
+        stream.started = True
+        while (frame := stream.frame) is not None:
+            stream.frame = None
+            if frame[-1] == _ABANDONED:
+                raise HelperDied(f"the decoding helper gave up message {item[0]} half-way")
+            events, adjustments, envelopes, rejects, _ = marshal.loads(frame)  # noqa: S302 - our own helper's output
+            del frame
+            yield Rows(events, adjustments, envelopes, rejects)
+            del events, adjustments, envelopes, rejects
+            if stream.flag != _MORE:
+                break
+            if stream.detached:
+                raise HelperDied(f"the rest of message {item[0]} was passed over before it was read")
+            stream.frame = self._frame()
+            if stream.frame is None:
+                raise HelperDied(f"the decoding helper stopped half-way through message {item[0]}")
+            stream.flag = stream.frame[-1]
+        if self._open is stream:
+            self._open = None
+
+    def _detach(self) -> None:
+        """Pass over what is left of the open Streamed part's frames (the next part is wanted)."""
+        stream, self._open = self._open, None
+        if stream is not None and stream.flag == _MORE:
+            stream.detached = True
+            stream.frame = None
+            self._skip(stream.flag)
 
     def _frame(self) -> bytes | None:
         if self._frames is None:
@@ -446,14 +595,16 @@ class _HelperParts:
             if flag == _ABANDONED:
                 return None
             try:
-                events, adjustments, envelopes, rejects, decoded_bytes = marshal.loads(frame)  # noqa: S302 - our own helper's output
+                events, adjustments, envelopes, rejects, _ = marshal.loads(frame)  # noqa: S302 - our own helper's output
+                _size, decoded_bytes, _flag = _TRAILER.unpack_from(frame, len(frame) - _TRAILER.size)
             except Exception as exc:  # a frame cut wrong: decode this one message here
                 log.error(
                     "a frame from the decoding helper cannot be read (%r); decoding message %s here", exc, item[0]
                 )
                 self._skip(flag)
                 return None
-            part.extend(Rows(events, adjustments, envelopes, rejects, decoded_bytes))
+            part.extend(Rows(events, adjustments, envelopes, rejects))
+            part.decoded_bytes = decoded_bytes
             if flag == _LAST:
                 return part
             frame = self._frame()
@@ -465,6 +616,7 @@ class _HelperParts:
             flag = frame[-1]
 
     def close(self) -> None:
+        self._detach()
         if self._items:
             self._items.clear()
             self._ahead = None

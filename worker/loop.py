@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Protocol, TextIO
 from chalicelib.errors import QueueUnavailable
 from chalicelib.queues import Depth, Message, Queue
 from chalicelib.settings import DEFAULT_MAX_DECODED_BYTES
-from db.batch import Incoming, Rows
+from db.batch import Incoming, Part, Rows
 from db.errors import DatabaseFault
 from db.store import WriteStats
 from worker.decoders import Decoder, InlineDecoder, Parts
@@ -49,6 +49,10 @@ DEPTH_INTERVAL_SECONDS = {"local": 1.0, "sqs": 15.0}
 # per message); afterwards it goes by the last group. Only how many to receive depends on it: the
 # limits are enforced on the decoded rows.
 FIRST_GUESS_EVENTS_PER_MESSAGE = 100.0
+# Likewise for how far a body inflates (TUNE's base64(gzip(JSON)) inflates 5 to 10 times, and more
+# for repetitive events): a first group of large bodies is then about one transaction, not several,
+# which each process would hold twice (the messages, and the request that takes them to the helper).
+FIRST_GUESS_DECODED_PER_BODY_BYTE = 4.0
 
 
 @dataclass
@@ -140,7 +144,7 @@ class _PerMessage:
 
     events: float = FIRST_GUESS_EVENTS_PER_MESSAGE
     decoded_bytes: float = 0.0  # not known before a group is decoded
-    decoded_per_body_byte: float = 1.0
+    decoded_per_body_byte: float = FIRST_GUESS_DECODED_PER_BODY_BYTE
 
     def learn(self, messages: list[Message], events: int, decoded_bytes: int) -> None:
         body_bytes = sum(len(m.body) for m in messages)
@@ -351,10 +355,10 @@ class Worker:
         events = decoded = 0
         try:
             for batch, parts in self._transactions(job):
-                written, whole = self._commit(job, batch, parts)
-                stats.add(written)
-                events, decoded = events + whole.size, decoded + whole.decoded_bytes
-                del batch, parts, whole  # before the next transaction's rows are loaded
+                stats.add(self._commit(job, batch, parts))
+                events += sum(part.size for part in parts)
+                decoded += sum(part.decoded_bytes for part in parts)
+                del batch, parts  # before the next transaction's rows are loaded
             if job.done < len(job.messages):
                 self._release(job.messages[job.done :])
             elif job.messages:
@@ -363,15 +367,16 @@ class Worker:
             job.drop()
         return stats
 
-    def _transactions(self, job: _Job) -> Iterator[tuple[Incoming, list[Rows]]]:
+    def _transactions(self, job: _Job) -> Iterator[tuple[Incoming, list[Part]]]:
         """The group's parts cut into transactions within the limits, by each part's size known
         before its rows are loaded; a part that does not fit starts the next transaction, and one
         larger than the limits is written alone. With a decoder that overlaps, a transaction's parts
         reach the store as they are decoded; otherwise they are decoded first, outside the
-        transaction. Each comes with the list of its parts taken so far (one per message)."""
+        transaction. Each comes with the list of its parts taken so far (one per message). A large
+        message's part is `Streamed`: the store loads its rows chunk by chunk as it writes them."""
         parts, limits = job.parts, self.limits
 
-        def take(taken: list[Rows]) -> Iterator[Rows]:
+        def take(taken: list[Part]) -> Iterator[Part]:
             events = size = 0
             while (next_size := parts.peek()) is not None:
                 events, size = events + next_size[0], size + next_size[1]
@@ -381,11 +386,11 @@ class Worker:
                 yield taken[-1]
 
         while not self.stopping and parts.peek() is not None:
-            taken: list[Rows] = []
+            taken: list[Part] = []
             source = take(taken)
             yield Incoming(source if self.decoder.overlaps else list(source)), taken
 
-    def _commit(self, job: _Job, batch: Incoming, parts: list[Rows]) -> tuple[WriteStats, Rows]:
+    def _commit(self, job: _Job, batch: Incoming, parts: list[Part]) -> WriteStats:
         """Write one transaction, then delete its messages: the group's next ones, one per part."""
         started = time.perf_counter()
         failed: Exception | None = None
@@ -395,7 +400,7 @@ class Worker:
             raise
         except Exception as exc:
             failed = exc
-        whole = batch.whole()  # every part by now (the rest taken here if the write failed half-way)
+        batch.taken()  # every part by now (the rest taken here if the write failed half-way)
         messages = job.messages[job.done : job.done + len(parts)]
         receipts = [m.receipt for m in messages]
         if failed is not None:
@@ -407,21 +412,24 @@ class Worker:
             )
             stats, receipts = self._write_each(messages, parts)
         commit_seconds = time.perf_counter() - started
+        # Of a large message only what the observers need, never its rows (`Streamed.summary`).
+        summary = batch.summary()
         job.heartbeat.forget([m.receipt for m in messages])  # written, or left to come back
         self._ack(receipts)
         job.done += len(messages)
         self.totals.messages += len(messages)
         self.totals.written.add(stats)
         for observer in self.observers:
-            observer.batch_written(messages, whole, stats, commit_seconds)
-        return stats, whole
+            observer.batch_written(messages, summary, stats, commit_seconds)
+        return stats
 
-    def _write_each(self, messages: list[Message], parts: list[Rows]) -> tuple[WriteStats, list[str]]:
-        """Write each message in its own transaction; return the stats and the receipts written."""
+    def _write_each(self, messages: list[Message], parts: list[Part]) -> tuple[WriteStats, list[str]]:
+        """Write each message in its own transaction; return the stats and the receipts written. A
+        `Streamed` part reads its rows again (decoding its message again, if need be)."""
         stats, written = WriteStats(), []
         for m, part in zip(messages, parts, strict=True):
             try:
-                stats.add(self.store.write(part, give_up=lambda: self.stopping))
+                stats.add(self.store.write(Incoming([part]), give_up=lambda: self.stopping))
             except DatabaseFault:
                 raise
             except Exception as exc:  # the store refused this message's rows alone

@@ -11,9 +11,17 @@ import hashlib
 import json
 import sqlite3
 import time
-from typing import Any
+from typing import Any, Protocol
 
-from chalicelib.codec import MAX_EVENT_BYTES, CodecError, decode_body, dump_event_text, event_problem
+from chalicelib.codec import (
+    DEFAULT_MAX_DECODED_BYTES,
+    MAX_EVENT_BYTES,
+    CodecError,
+    EventStream,
+    dump_event_text,
+    event_problem,
+    read_body,
+)
 from db.batch import (
     BOOL_FIELDS,
     EVENT_COLUMNS,
@@ -222,11 +230,42 @@ def _safe_repr(value: Any) -> str:
         return f"<{type(value).__name__} that cannot be printed>"
 
 
+class Sink(Protocol):
+    """Where a batch puts its rows as they pile up (`Batch.spill_to`)."""
+
+    def put(self, rows: Rows) -> None: ...
+
+    def reset(self) -> None:
+        """Forget every row put so far (the message is rejected whole after all)."""
+        ...
+
+
 class Batch(Rows):
     """Rows for one transaction, built here from queue messages (see `Rows`).
 
     Nothing a message holds can make these methods raise: what cannot be decoded or stored becomes
-    a reject row with its reason (the message's, or the one event's), and the rest goes on."""
+    a reject row with its reason (the message's, or the one event's), and the rest goes on.
+
+    A batch that spills (`spill_to`) hands its rows to the sink every `spill_bytes` of decoded text
+    while a large message is read event by event, so it never holds them all; `size` and
+    `decoded_bytes` then count only what it still holds and everything, respectively, and
+    `spilled_size` what went to the sink."""
+
+    _sink: Sink | None = None
+    spill_bytes = 1024 * 1024
+    spilled_size = 0
+    _spilled_bytes = 0
+
+    def spill_to(self, sink: Sink, spill_bytes: int) -> None:
+        assert not (self.size or self.envelopes or self.decoded_bytes), "only an empty batch spills"
+        self._sink, self.spill_bytes = sink, spill_bytes
+
+    def _spill(self) -> None:
+        assert self._sink is not None
+        self._sink.put(Rows(self.events, self.adjustments, self.envelopes, self.rejects))
+        self.spilled_size += self.size
+        self.events, self.adjustments, self.envelopes, self.rejects = [], [], [], []
+        self._spilled_bytes = self.decoded_bytes
 
     def add_events(
         self, events: list[Any], message_id: str | None, now: int | None = None, raws: list[str] | None = None
@@ -288,7 +327,13 @@ class Batch(Rows):
         mark = self._mark()
         try:
             try:
-                decoded = decode_body(body, max_decoded_bytes) if max_decoded_bytes else decode_body(body)
+                decoded = read_body(body, max_decoded_bytes or DEFAULT_MAX_DECODED_BYTES)
+                if isinstance(decoded, EventStream):
+                    count = self._add_stream(decoded, message_id, receive_count, now)
+                    if count is not None:
+                        return count
+                    self._rewind(mark)  # not read event by event after all: read it whole
+                    decoded = decoded.whole()
             except CodecError as exc:
                 self.reject_message(message_id, body, receive_count, f"message undecodable: {exc}", now)
                 return 0
@@ -301,6 +346,24 @@ class Batch(Rows):
             self.reject_message(message_id, body, receive_count, f"message undecodable: {_describe(exc)}", now)
             return 0
 
+    def _add_stream(self, stream: EventStream, message_id: str, receive_count: int | None, now: int) -> int | None:
+        """A large envelope's events, each turned into its row as it is parsed (as `add_events` does)
+        and then dropped; None when the stream stopped early (see `EventStream`)."""
+        for index, event in enumerate(stream):
+            raw = self._raw(index, event, message_id, now)
+            if raw is not None:
+                try:
+                    self._add_event(index, event, raw, message_id, now)
+                except Exception as exc:  # unforeseen: reject this event, never its message or batch
+                    self._reject(message_id, index, f"event {index}: cannot be stored ({_describe(exc)})", raw, now)
+            if self._sink is not None and self.decoded_bytes - self._spilled_bytes >= self.spill_bytes:
+                self._spill()
+        if stream.unusual:
+            return None
+        control = json.dumps(stream.control, separators=(",", ":"), ensure_ascii=True) if stream.control else None
+        self.envelopes.append((message_id, now, receive_count, control, stream.count))
+        return stream.count
+
     def reject_message(self, message_id: str, body: str, receive_count: int | None, reason: str, now: int) -> None:
         self._reject(message_id, None, reason, body, now)
         self.envelopes.append((message_id, now, receive_count, None, 0))
@@ -310,5 +373,9 @@ class Batch(Rows):
 
     def _rewind(self, mark: tuple[int, int, int, int, int]) -> None:
         """Forget what a message half-added before it failed, so it is stored whole or rejected whole."""
+        if self.spilled_size or self._spilled_bytes:  # only an empty batch spills: the mark is its start
+            assert self._sink is not None
+            self._sink.reset()
+            self.spilled_size = self._spilled_bytes = 0
         del self.events[mark[0] :], self.adjustments[mark[1] :], self.envelopes[mark[2] :], self.rejects[mark[3] :]
         self.decoded_bytes = mark[4]

@@ -10,6 +10,7 @@ dated, with the commit the copy was taken from.
     python -m scripts.mutation --keep               # keep the copy, to recheck it later
     python -m scripts.mutation --recheck DIR        # run a kept copy's survivors again with today's tests
     python -m scripts.mutation --report-from DIR    # rewrite the report from a finished copy
+    python -m scripts.mutation --continue DIR       # a stopped copy: today's tests, all not killed, store first
 
 Mutants known to be equivalent (no behaviour can tell them from the original) are listed in
 EQUIVALENT below with the reason; the report counts them apart and gives the score both ways.
@@ -59,8 +60,18 @@ TESTS = [
     "tests/test_mutants_codec.py",
     "tests/test_mutants_delete.py",
     "tests/test_mutants_ingest.py",
+    "tests/test_mutants_hang.py",
+    "tests/test_mutants_loop.py",
+    "tests/test_mutants_store.py",
 ]
-PYTEST_ARGS = ["-m", "not slow", "-k", "not sqs and not postgres", "-p", "no:cacheprovider"]
+# --timeout (pytest-timeout): the slowest of these tests takes about 5 s here; a mutant that makes the
+# worker wait for ever on something fails its test after a minute instead of hanging the run (mutmut's
+# own limit counts CPU time, and a waiting worker spends little). tests/conftest.py already fails at
+# once a worker that logs the errors that mean it cannot drain.
+PYTEST_ARGS = ["-m", "not slow", "-k", "not sqs and not postgres", "-p", "no:cacheprovider", "--timeout", "60"]
+
+# Besides tests/test_mutants_*.py, what a recheck takes from today's tests/ into a kept copy.
+RECHECK_KIT = ["conftest.py", "kit.py", "faultkit.py", "invariants.py"]
 
 # Everything else the tests import or read: copied into mutmut's tree, never mutated.
 SOURCE_PATHS = ["chalicelib", "db", "worker", "commands", "app.py", "read_queue.py"]
@@ -93,7 +104,32 @@ _DURABLE = (
     "`durable=True` only asks SQLite for synchronous=FULL on the redrive's COMMIT instead of NORMAL; the two "
     "differ only in what survives a power cut (not an application crash), which no in-process test can cause"
 )
+_EMPTY_EXECUTEMANY = (
+    "`if rows or True`: `executemany` over an empty list inserts nothing and its rowcount is 0 (sqlite3), "
+    "so the counts are the same; only a statement is prepared for nothing"
+)
+_PARENT_EXISTS = (
+    'the `else Path(".")` branch is never taken: `Store.open` calls `_why_unwritable` only after '
+    "`chalicelib.sqlite.connect` created the file's directory (`os.makedirs`, whose failure raises before), "
+    "so `path.parent` always exists there"
+)
+_DEFAULT_FULL = (
+    "`synchronous=` left out of the store's connect: this SQLite (3.40) defaults to synchronous=FULL, in WAL "
+    "mode too, so the setting is the same; on a build whose default differs, "
+    "test_mutants_store.py's PRAGMA check fails"
+)
 EQUIVALENT: dict[str, str] = {
+    "worker.loop.xǁObserverǁsampled__mutmut_1": (
+        "the default of a `Protocol` method's stub: the stub never runs, and each observer defines its own"
+    ),
+    "db.store.xǁStoreǁopen__mutmut_6": _DEFAULT_FULL,
+    "db.store.xǁStoreǁopen__mutmut_10": _DEFAULT_FULL,
+    "db.store.x__why_unwritable__mutmut_3": _PARENT_EXISTS,
+    "db.store.x__why_unwritable__mutmut_4": _PARENT_EXISTS,
+    "db.store.x__why_unwritable__mutmut_5": _PARENT_EXISTS,
+    "db.store.xǁStoreǁ_insert__mutmut_4": _EMPTY_EXECUTEMANY,
+    "db.store.xǁStoreǁ_insert__mutmut_12": _EMPTY_EXECUTEMANY,
+    "db.store.xǁStoreǁ_insert__mutmut_24": _EMPTY_EXECUTEMANY,
     "worker.loop.xǁWorkerǁ_write_each__mutmut_4": _ZIP_LOOP,
     "worker.loop.xǁWorkerǁ_write_each__mutmut_7": _ZIP_LOOP,
     "worker.loop.xǁWorkerǁ_write_each__mutmut_8": _ZIP_LOOP,
@@ -224,6 +260,45 @@ def run_mutmut(work: Path, max_children: int, names: list[str] | None = None, lo
     return (dt.datetime.now(dt.UTC) - started).total_seconds()
 
 
+# The modules that decide what is stored and deleted go first: a run stopped at its time box has
+# judged those.
+ORDER = ["db/store.py", "worker/loop.py", "chalicelib/queues/local.py", "chalicelib/codec.py", "chalicelib/ingest.py"]
+
+
+def run_in_order(work: Path, modules: list[str], max_children: int) -> None:
+    """One mutmut run per module, in ORDER; the runtime so far is saved after each, so a run
+    stopped part-way still reports what it took."""
+    seconds = 0.0
+    for module in sorted(modules, key=ORDER.index):
+        pattern = module.removesuffix(".py").replace("/", ".") + ".*"
+        seconds += run_mutmut(work, max_children, [pattern], log_name=f"mutmut-{Path(module).stem}.log")
+        (work / ".mutation-runtime").write_text(f"{seconds} {max_children}")
+
+
+def refresh_tests(work: Path, modules: list[str]) -> None:
+    """Today's tests/test_mutants_*.py and the shared kit they lean on into a kept copy (never the
+    code under test), and today's TESTS into its configuration."""
+    for test in [*(ROOT / "tests").glob("test_mutants_*.py"), *(ROOT / "tests" / name for name in RECHECK_KIT)]:
+        for where in (work / "tests", work / "mutants" / "tests"):
+            if where.exists():
+                shutil.copy2(test, where / test.name)
+    configure(work, modules)
+
+
+def continue_in_order(work: Path, modules: list[str], max_children: int) -> float:
+    """In a kept copy, with today's tests: run again, module by module in ORDER, every mutant not yet
+    killed (survived, reached by no test, or never run). Returns the runtime."""
+    refresh_tests(work, modules)
+    record = work / ".mutation-continued"
+    seconds = float(record.read_text().split()[0]) if record.exists() else 0.0  # continued more than once
+    for module in sorted(modules, key=ORDER.index):
+        names = [m.name for m in collect(work, [module], with_diffs=False) if m.code not in KILLED | TIMEOUT]
+        if names:
+            seconds += run_mutmut(work, max_children, names, log_name=f"mutmut-continue-{Path(module).stem}.log")
+        record.write_text(f"{seconds} {max_children}")
+    return seconds
+
+
 def recheck(work: Path, modules: list[str], max_children: int) -> tuple[dict[str, int | None], float]:
     """Run again, in a finished copy, the mutants that survived it (or that no test reached), with
     the tests as they are now: a test added to kill survivors is measured on the same mutants.
@@ -233,11 +308,10 @@ def recheck(work: Path, modules: list[str], max_children: int) -> tuple[dict[str
         json.dumps({m.name: m.code for m in collect(work, modules, with_diffs=False)})
     )
     first: dict[str, int | None] = json.loads(saved.read_text())
-    names = [n for n, code in first.items() if code in SURVIVED | NO_TESTS]
-    for test in (ROOT / "tests").glob("test_mutants_*.py"):
-        for where in (work / "tests", work / "mutants" / "tests"):
-            shutil.copy2(test, where / test.name)
-    configure(work, modules)
+    # Mutants argued equivalent are not run again: no test can kill them, and each costs a full run.
+    equivalent = {m.name for m in collect(work, modules) if m.status == "equivalent"}
+    names = [n for n, code in first.items() if code in SURVIVED | NO_TESTS and n not in equivalent]
+    refresh_tests(work, modules)
     runtime = run_mutmut(work, max_children, names, log_name="mutmut-recheck.log")
     again = {m.name: m.code for m in collect(work, modules, with_diffs=False)}
     merged = {n: again.get(n) if n in names and again.get(n) is not None else code for n, code in first.items()}
@@ -438,13 +512,16 @@ def main() -> None:
     parser.add_argument("--report-from", type=Path, help="a finished copy: only write the report")
     parser.add_argument("--recheck", type=Path, help="a finished copy: run its survivors again with today's tests")
     parser.add_argument("--resume", action="store_true", help="with --recheck: then run what was not run")
+    parser.add_argument(
+        "--continue", dest="cont", type=Path, help="a kept copy: with today's tests, run all not killed, store first"
+    )
     parser.add_argument("--output", type=Path, default=REPORT)
     parser.add_argument("--keep", action="store_true", help="keep the copy (its path is printed)")
     args = parser.parse_args()
     modules = args.only or MODULES
     notes: list[str] = []
-    if args.report_from or args.recheck:
-        work = (args.report_from or args.recheck).resolve()
+    if args.report_from or args.recheck or args.cont:
+        work = (args.report_from or args.recheck or args.cont).resolve()
         origin = (work / ".mutation-origin").read_text().strip()
         configured = tomllib.loads((work / "pyproject.toml").read_text()).get("tool", {}).get("mutmut", {})
         modules = [m for m in MODULES if m in configured.get("only_mutate", MODULES)]
@@ -452,9 +529,19 @@ def main() -> None:
         work, origin = snapshot()
         print(f"mutation: copy of {origin} in {work}", flush=True)
         configure(work, modules)
-        (work / ".mutation-runtime").write_text(str(run_mutmut(work, args.max_children)))
+        run_in_order(work, modules, args.max_children)
     if (work / ".mutation-runtime").exists():
-        notes.append(f"Runtime: {float((work / '.mutation-runtime').read_text()) / 60:.0f} min with 2 processes.")
+        seconds, _, children = (work / ".mutation-runtime").read_text().partition(" ")
+        notes.append(f"Runtime: {float(seconds) / 60:.0f} min with {children or 2} test processes.")
+    if args.cont:
+        continue_in_order(work, modules, args.max_children)
+    if (work / ".mutation-continued").exists():
+        seconds, _, children = (work / ".mutation-continued").read_text().partition(" ")
+        notes.append(
+            f"The run was stopped and continued in the same copy with the tests of the working tree of "
+            f"{dt.datetime.now(dt.UTC):%Y-%m-%d} (tests/test_mutants_*.py added): every mutant not killed by then "
+            f"was run again, module by module, {float(seconds) / 60:.0f} min with {children} test process(es)."
+        )
     if args.recheck:
         before = sum(1 for m in collect(work, modules, with_diffs=False) if m.code in SURVIVED | NO_TESTS)
         merged, runtime = recheck(work, modules, args.max_children)
@@ -477,7 +564,7 @@ def main() -> None:
         sys.exit(f"mutation: no results in {work}; see {work / 'mutmut.log'}")
     args.output.write_text(report(mutants, origin, modules, notes))
     print(f"mutation: wrote {args.output}", flush=True)
-    if not (args.keep or args.report_from or args.recheck):
+    if not (args.keep or args.report_from or args.recheck or args.cont):
         shutil.rmtree(work, ignore_errors=True)
     if os.environ.get("MUTATION_STRICT") and any(m.status == "survived" for m in mutants):
         sys.exit(1)

@@ -7,6 +7,7 @@ session; `sqs_queue` makes a fresh queue per test, since moto's PurgeQueue is ra
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import socket
 import sys
@@ -36,6 +37,41 @@ os.environ.pop("AWS_ENDPOINT_URL_SQS", None)
 os.environ.pop("QUEUE_URL", None)
 
 _names = itertools.count()
+
+# A worker that meets a bug on every batch, or a store that refuses a message, logs it and carries
+# on: the messages come back after their visibility timeout, so `run(until_empty=True)` never
+# returns and the test would hang instead of failing. In-process, such a record fails the test at
+# once, naming it. A test that provokes one on purpose says so with @pytest.mark.worker_errors_expected.
+WORKER_STUCK = ("unexpected error", "message %s cannot be written")
+
+
+class WorkerStuck(BaseException):
+    """A BaseException, so the worker's own `except Exception` around a batch cannot swallow it."""
+
+
+class _FailOnStuckWorker(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(WORKER_STUCK):
+            raise WorkerStuck(f"the worker cannot drain: {record.getMessage()}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "worker_errors_expected: the test provokes a worker error on purpose (no fail-fast on it)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _worker_errors_fail_fast(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("worker_errors_expected"):
+        yield
+        return
+    worker_log, handler = logging.getLogger("tune_firehose.worker"), _FailOnStuckWorker()
+    worker_log.addHandler(handler)
+    try:
+        yield
+    finally:
+        worker_log.removeHandler(handler)
 
 
 def free_port() -> int:

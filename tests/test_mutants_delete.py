@@ -45,6 +45,7 @@ class _RefusesSome(Store):
         return super()._insert(batch)
 
 
+@pytest.mark.worker_errors_expected  # the refusals are logged as errors; the queue's max_receives ends the run
 @pytest.mark.parametrize("refused_at", [[0], [5], [3, 11]])
 def test_a_refused_message_costs_only_itself(tmp_path: Path, decoder: Decoder, refused_at: list[int]) -> None:
     queue = LocalQueue(tmp_path / "queue.db", max_receives=2)

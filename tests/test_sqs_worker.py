@@ -92,6 +92,7 @@ class PoisonedStore:
         return self.store.write(batch, give_up)
 
 
+@pytest.mark.worker_errors_expected  # the poison is logged as an error on each receive, until the DLQ takes it
 def test_poison_message_reaches_the_dlq_and_never_blocks_the_messages_behind_it(
     sqs_queue: SqsQueue, sqs_client: Any, tmp_path: Path
 ) -> None:

@@ -20,13 +20,13 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from chalicelib.settings import Settings, SettingsError
+from chalicelib.settings import Settings
 from chalicelib.sqlite import atomic, retry_while_busy
 from db.batch import Rows
-from db.errors import DatabaseFault, DatabaseUrlError
-from db.netfs import check_local
+from db.errors import DatabaseFault
 from db.postgres.url import scrub
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
+from db.stores import describe, open_store
 from worker.rows import Batch
 
 from .progress import progress
@@ -191,26 +191,12 @@ class _PostgresRejects:
         return stats.events, stats.adjustments, stats.rejects
 
 
-def _open_postgres(url: str) -> PostgresStore:
-    """The store, migrated like a worker's; a refused URL is a bad setting (exit 2), no server exit 3."""
-    from db.postgres.store import PostgresStore
+def _driver_errors(store: Store | PostgresStore) -> tuple[type[Exception], ...]:
+    if isinstance(store, Store):
+        return (sqlite3.DatabaseError,)
+    import psycopg  # loaded only when PostgreSQL is selected
 
-    try:
-        return PostgresStore.open(url)  # gives up at once on an unreachable server
-    except DatabaseUrlError as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def _reprocess_postgres(settings: Settings, url: str, dry_run: bool) -> ReprocessResult:
-    import psycopg
-
-    store = _open_postgres(url)
-    try:
-        return reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
-    except psycopg.Error as exc:
-        raise DatabaseFault(f"cannot reprocess rejects in {store.location}: {scrub(str(exc), url)}") from None
-    finally:
-        store.close()
+    return (psycopg.Error,)
 
 
 def reprocess(
@@ -243,17 +229,15 @@ def reprocess(
 
 def run(settings: Settings, *, dry_run: bool = False, allow_network_fs: bool = False) -> int:
     """Retry the rejects in the settings' database and print what happened to them."""
-    if settings.database_url is not None:
-        result = _reprocess_postgres(settings, settings.database_url, dry_run)
-    else:
-        check_local(settings.db_path, allow_network_fs)
-        store = Store.open(settings.db_path)
-        try:
-            result = reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
-        except sqlite3.DatabaseError as exc:
-            raise DatabaseFault(f"cannot reprocess rejects in {settings.db_path}: {exc}") from exc
-        finally:
-            store.close()
+    # A refused DATABASE_URL is exit 2, an unreachable server exit 3 at once (no waiting).
+    store = open_store(settings, allow_network_fs=allow_network_fs, wait_for_server=False)
+    try:
+        result = reprocess(store, settings.max_decoded_bytes, dry_run=dry_run)
+    except _driver_errors(store) as exc:
+        reason = str(exc) if settings.database_url is None else scrub(str(exc), settings.database_url)
+        raise DatabaseFault(f"cannot reprocess rejects in {describe(settings)}: {reason}") from None
+    finally:
+        store.close()
     verb = "would succeed" if dry_run else "succeeded"
     summary: dict[str, Any] = {
         "retried": result.retried,

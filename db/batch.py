@@ -111,7 +111,30 @@ class Rows:
 _EVENT_TIME = EVENT_COLUMNS.index("event_time")
 
 
-class Streamed:
+class _ReadWhole:
+    """Rows that arrive over time, read as a `Rows` by waiting for all of them (`whole()`)."""
+
+    def whole(self) -> Rows:
+        raise NotImplementedError
+
+    @property
+    def events(self) -> list[tuple[Any, ...]]:
+        return self.whole().events
+
+    @property
+    def adjustments(self) -> list[tuple[Any, ...]]:
+        return self.whole().adjustments
+
+    @property
+    def envelopes(self) -> list[tuple[Any, ...]]:
+        return self.whole().envelopes
+
+    @property
+    def rejects(self) -> list[tuple[Any, ...]]:
+        return self.whole().rejects
+
+
+class Streamed(_ReadWhole):
     """One message's rows, too many to hold at once: they arrive in chunks (each a `Rows`) while the
     store writes them, and each is dropped once written. `size` and `decoded_bytes` are the whole
     message's, known before any chunk. `chunks()` can be iterated again (a write retried): the chunks
@@ -161,22 +184,6 @@ class Streamed:
             self._first, self._again = None, lambda: [whole]
         return self._whole
 
-    @property
-    def events(self) -> list[tuple[Any, ...]]:
-        return self.whole().events
-
-    @property
-    def adjustments(self) -> list[tuple[Any, ...]]:
-        return self.whole().adjustments
-
-    @property
-    def envelopes(self) -> list[tuple[Any, ...]]:
-        return self.whole().envelopes
-
-    @property
-    def rejects(self) -> list[tuple[Any, ...]]:
-        return self.whole().rejects
-
 
 Part = Rows | Streamed
 
@@ -189,7 +196,7 @@ def chunks_of(part: Part) -> Iterator[Rows]:
         yield part
 
 
-class Incoming:
+class Incoming(_ReadWhole):
     """A batch whose rows arrive in parts, one per message, as a decoder produces them: the store
     writes the first parts while later ones are still being decoded.
 
@@ -234,19 +241,3 @@ class Incoming:
                 self._whole.extend(part.whole() if isinstance(part, Streamed) else part)
             self._received = [self._whole]
         return self._whole
-
-    @property
-    def events(self) -> list[tuple[Any, ...]]:
-        return self.whole().events
-
-    @property
-    def adjustments(self) -> list[tuple[Any, ...]]:
-        return self.whole().adjustments
-
-    @property
-    def envelopes(self) -> list[tuple[Any, ...]]:
-        return self.whole().envelopes
-
-    @property
-    def rejects(self) -> list[tuple[Any, ...]]:
-        return self.whole().rejects

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Protocol
 from chalicelib.settings import Settings, SettingsError
 from db import netfs
 from db.batch import Incoming, Rows
-from db.errors import DatabaseFault, StoppedWhileWaiting
+from db.errors import DatabaseFault, DatabaseUrlError, StoppedWhileWaiting
 from db.postgres.url import redact
 from db.store import Store, WriteStats
 
@@ -44,25 +44,28 @@ def describe(settings: Settings) -> str:
 
 
 def open_store(
-    settings: Settings, give_up: Callable[[], bool] = lambda: False, allow_network_fs: bool = False
+    settings: Settings,
+    give_up: Callable[[], bool] = lambda: False,
+    allow_network_fs: bool = False,
+    wait_for_server: bool = True,
 ) -> Store | PostgresStore:
     """Open (migrating) the selected store. PostgreSQL unreachable: retried with a growing pause
-    until `give_up()` says stop (then `StoppedWhileWaiting`). A refused DATABASE_URL (password,
+    until `give_up()` says stop (then `StoppedWhileWaiting`), or a `DatabaseFault` at once when
+    `wait_for_server` is False (a one-shot command, not a daemon). A refused DATABASE_URL (password,
     user, database) is a `SettingsError` naming it (exit 2); a database that cannot be written
     is a `DatabaseFault` (exit 3). The network file system check applies to SQLite files only:
     a server's storage is the server's business."""
     if settings.database_url is None:
         netfs.check_local(settings.db_path, allow_network_fs)
         return Store.open(settings.db_path, give_up=give_up)
-    from db.errors import DatabaseUrlError
     from db.postgres.store import PostgresStore
 
     try:
-        return PostgresStore.open(settings.database_url, give_up=give_up)
+        return PostgresStore.open(settings.database_url, give_up=give_up if wait_for_server else lambda: True)
     except DatabaseUrlError as exc:
         raise SettingsError(str(exc)) from None
     except DatabaseFault:
-        if give_up():
+        if wait_for_server and give_up():
             raise StoppedWhileWaiting(f"stopped while waiting for PostgreSQL at {describe(settings)}") from None
         raise
 

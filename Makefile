@@ -30,15 +30,19 @@ screenshot: $(STAMP)  ## re-make docs/explore.png from the browser test
 	bash scripts/ensure_chromium.sh
 	FIREHOSE_WRITE_SCREENSHOT=1 $(PY) -m pytest -q tests/test_browser.py
 
+# Two test processes (pytest-xdist): the long tests mostly wait on real workers, servers and
+# signals, so two of them share 2 cores well. TEST_PROCESSES=0 runs them in this one process.
+TEST_PROCESSES ?= 2
+
 test: $(STAMP)  ## every test, including the long crash/fault runs, PostgreSQL and the browser
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_chromium.sh
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=15 -n $(TEST_PROCESSES) --dist worksteal
 
 test-fast: $(STAMP)
 	bash scripts/ensure_postgres.sh
 	bash scripts/ensure_chromium.sh
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" -n $(TEST_PROCESSES) --dist worksteal
 
 fuzz: $(STAMP)  ## the property tests with many more examples (minutes)
 	bash scripts/ensure_postgres.sh

@@ -46,7 +46,9 @@ def drain(queue_path: str, url: str, decode: str = "auto") -> dict[str, Any]:
     from db.postgres.store import PostgresStore
     from worker.decoders import make_decoder
     from worker.loop import Limits, Worker
+    from worker.rows import build_empty_as_none
 
+    build_empty_as_none()  # as `read_queue.py run` does for this store
     decoder = make_decoder(decode)
     queue = LocalQueue(queue_path)
     store = PostgresStore.open(url)
@@ -110,7 +112,8 @@ def copy_ceiling(queue_path: Path, url: str) -> dict[str, Any]:
     from psycopg import sql
 
     from db.batch import EVENT_COLUMNS
-    from db.postgres.store import TABLES, PostgresStore, unbound
+    from db.postgres.store import TABLES, PostgresStore
+    from worker.rows import empty_as_none
 
     EVENT_TIME = EVENT_COLUMNS.index("event_time")
 
@@ -126,7 +129,7 @@ def copy_ceiling(queue_path: Path, url: str) -> dict[str, Any]:
         for i, (table, rows) in enumerate(zip(TABLES, (b.events, b.adjustments, b.envelopes, b.rejects), strict=True)):
             key_at = [table.columns.index(k) for k in table.key]
             kept = []
-            for row in map(unbound, rows):
+            for row in map(empty_as_none, rows):  # as a PostgreSQL worker builds them
                 key = tuple(row[k] for k in key_at)
                 if key not in seen[i]:
                     seen[i].add(key)

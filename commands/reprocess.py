@@ -27,7 +27,7 @@ from db.errors import DatabaseFault
 from db.postgres.url import scrub
 from db.store import INSERT_ADJUSTMENTS, INSERT_ENVELOPES, INSERT_EVENTS, INSERT_REJECTS, Store
 from db.stores import describe, open_store
-from worker.rows import Batch
+from worker.rows import Batch, empty_as_none
 
 from .progress import progress
 
@@ -163,8 +163,6 @@ class _PostgresRejects:
                 return unseen
 
     def write(self, fixed: list[tuple[str, Batch]]) -> tuple[int, int, int]:
-        from db.postgres.store import unbound
-
         rows = Rows()
         for _key, batch in fixed:
             rows.extend(batch)
@@ -172,7 +170,7 @@ class _PostgresRejects:
         # The undecodable message left an envelope with no events; now we know better. In key
         # order, after the store's inserts, like every other lock this transaction takes.
         fix_ups = sorted(
-            ((message_id, control, count) for message_id, _at, _n, control, count in map(unbound, rows.envelopes)),
+            ((m, control, count) for m, _at, _n, control, count in map(empty_as_none, rows.envelopes)),
             key=lambda fix_up: str(fix_up[0]),
         )
 

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 from chalicelib.queues import open_queue
 from chalicelib.settings import Settings
 from db.errors import StoppedWhileWaiting
-from db.stores import describe, open_store
+from db.stores import describe, open_store, uses_postgres
 from worker import logs
 from worker.decoders import make_decoder
 from worker.loop import Limits, Observer, Worker
+from worker.rows import build_empty_as_none
 
 EXIT_USAGE = 2
 
@@ -68,6 +69,8 @@ def run_worker(options: RunOptions, settings: Settings) -> int:
     )
     # In JSON mode stderr carries only JSON lines; progress travels in the batch records.
     quiet = options.quiet or options.log_format == "json"
+    if uses_postgres(settings):  # before the decoder starts its helper, which builds rows alike
+        build_empty_as_none()
     decoder = make_decoder(options.decode)
     worker = Worker(queue, store, limits, out=None if quiet else sys.stderr, observers=observers, decoder=decoder)
     worker.install_signal_handlers()

@@ -13,14 +13,19 @@ from __future__ import annotations
 
 import base64
 import gzip
+import json
 import os
+import time
+import tracemalloc
 from typing import Any
 
+import orjson
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from chalicelib.codec import EventTooLarge, decode_body, encode_envelope, pack_events
+from chalicelib import codec
+from chalicelib.codec import CodecError, EventTooLarge, decode_body, encode_envelope, pack_events
 from chalicelib.codec import dump_event as dumped
 
 EXAMPLES = 500 if os.environ.get("FIREHOSE_FUZZ") else 60
@@ -81,3 +86,401 @@ def test_the_per_event_limit_is_inclusive(event: dict[str, Any]) -> None:
     assert decode_body(one.body).events == [event]
     with pytest.raises(EventTooLarge):
         pack_events([event], 10**6, max_event_bytes=size - 1)
+
+
+# -- where the first survey found the rest of the module untested (docs/mutation.md) -----------------
+
+# An event as `parse_json` gives it: floats that lose digits come back as FloatText, with their text.
+_LITERALS = ["1.00000000000000000001", "0.10000000000000000000001", "-12345.678901234567891", "2.5", "1e-7"]
+
+
+def _parsed(text: str) -> Any:
+    return codec.parse_json(text.encode("utf-8"))
+
+
+def _spelt(value: Any) -> Any:
+    """The value with each float as (its type, its repr or kept text): equality that sees every digit."""
+    if isinstance(value, dict):
+        return {k: _spelt(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_spelt(v) for v in value]
+    if type(value) is codec.FloatText:
+        return ("text", value.text)
+    if type(value) is float:
+        return ("float", repr(value))
+    return value
+
+
+_json_leaf = st.one_of(
+    st.sampled_from(_LITERALS),
+    st.integers(-(10**6), 10**6).map(str),
+    # Strings shaped like the markers that stand in for a FloatText while it is written.
+    st.sampled_from(["None0", "float-text-0", "float-text--0", "x", ""]).map(json.dumps),
+)
+_json_text = st.recursive(
+    _json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=3).map(lambda xs: "[" + ",".join(xs) + "]")
+        | st.dictionaries(st.sampled_from(["a", "b", "c"]), inner, max_size=3).map(
+            lambda d: "{" + ",".join(f"{json.dumps(k)}:{v}" for k, v in d.items()) + "}"
+        )
+    ),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=EXAMPLES, deadline=None)
+@given(fields=st.lists(_json_text, min_size=1, max_size=4))
+def test_packing_keeps_every_float_literal_and_every_other_value(fields: list[str]) -> None:
+    """Money read with more digits than a float holds keeps them through the queue: what the worker
+    decodes from the message is the event parsed from the request, every literal spelt as sent."""
+    event = _parsed('{"action":"click",' + ",".join(f'"f{i}":{v}' for i, v in enumerate(fields)) + "}")
+    [one] = pack_events([event], 10**6)
+    assert _spelt(decode_body(one.body).events) == [_spelt(event)]
+
+
+def _depth(value: Any) -> int:
+    if isinstance(value, dict | list):
+        children = value.values() if isinstance(value, dict) else value
+        return 1 + max((_depth(v) for v in children), default=0)
+    return 0
+
+
+_floats = st.one_of(
+    st.floats(allow_nan=False),
+    st.sampled_from([0.0, -0.0, 1e-4, -1e-4, 9.999999999999999e-05, 1e-5, 1e16, 9.999999999999998e15, 1.5, 1e-7]),
+)
+_scan_values = st.recursive(
+    st.one_of(_floats, st.integers(), st.text(max_size=3), st.sampled_from(_LITERALS).map(_parsed)),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+def _holds_float_text(value: Any) -> bool:
+    if isinstance(value, dict | list):
+        return any(_holds_float_text(v) for v in (value.values() if isinstance(value, dict) else value))
+    return type(value) is codec.FloatText
+
+
+@settings(max_examples=EXAMPLES * 3, deadline=None)
+@given(value=_scan_values, max_depth=st.integers(0, 5))
+def test_the_packing_walk_sees_what_each_separate_question_would(value: Any, max_depth: int) -> None:
+    """`_scan` answers in one walk what packing asks of an event: nested deeper than the limit (an
+    object or list is a level); written by orjson byte for byte as json writes it (else the fast
+    writer is skipped); holding a FloatText (whose literal must be kept). Where it is not too deep,
+    each answer is the one its own walk gives."""
+    scanned = codec._scan(value, max_depth)
+    assert scanned.too_deep is (_depth(value) > max_depth)
+    if not scanned.too_deep:
+        assert scanned.same_with_orjson is codec._same_with_orjson(value)
+        assert scanned.float_text is _holds_float_text(value)
+    if codec._same_with_orjson(value):  # the promise the fast writer relies on (where orjson can write it)
+        try:
+            fast = orjson.dumps(value)
+        except TypeError:  # a FloatText, a big integer: the writer falls back to json
+            return
+        assert fast == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _nested(levels: int) -> dict[str, Any]:
+    """An event that nests objects and lists exactly `levels` deep (the event itself is one)."""
+    inner: Any = "leaf"
+    for _ in range(levels - 1):
+        inner = [inner]
+    return {"action": "click", "x": inner} if levels > 1 else {"action": "click"}
+
+
+@pytest.mark.parametrize("limit", [1, 2, 5])
+def test_an_event_may_nest_as_deep_as_the_limit_and_no_deeper(limit: int) -> None:
+    ok, deeper = _nested(limit), _nested(limit + 1)
+    assert (_depth(ok), _depth(deeper)) == (limit, limit + 1)
+    [one] = pack_events([{"action": "click"}, ok], 10**6, max_depth=limit)
+    assert decode_body(one.body).events[1] == ok
+    with pytest.raises(CodecError, match=rf"^event 1 nests objects or lists more than {limit} levels deep$"):
+        pack_events([{"action": "click"}, deeper], 10**6, max_depth=limit)
+
+
+# A lone surrogate cannot be written as UTF-8: the 400 says where it is, as a JSON pointer (RFC 6901:
+# "~" written "~0", "/" written "~1"), a key cut to 40 characters, and whatever else the event holds.
+LONG_KEY = "k" * 39 + "/~" + "tail"
+
+
+@pytest.mark.parametrize(
+    ("event", "where"),
+    [
+        ("\ud800", "at /"),  # the event itself is the string
+        ({"action": "click", "n": 1, "z": None, "s": "\ud800", "t": "fine", "u": "é€"}, "at /s"),
+        ({"action": "click", "x": [1, "é", {"a/b": {"c~d": ["ok", "\udfff"]}}]}, "at /x/2/a~1b/c~0d/1"),
+        ({"action": "click", "x": {LONG_KEY: "\ud800"}}, "at /x/" + "k" * 39 + "~1"),
+        ({"action": "click", "x": {"ok": 1, "bad\udc00": 2}}, "in a key at /x"),
+        ({"action": "click", "x": ("\ud800",)}, "somewhere in it"),  # not from JSON: the walk does not go there
+    ],
+    ids=["top", "among-other-values", "escaped-pointer", "long-key", "key", "unwalked"],
+)
+def test_a_lone_surrogate_is_refused_saying_where_it_is(event: Any, where: str) -> None:
+    expected = f"event 1 holds a lone UTF-16 surrogate {where}, which is not valid Unicode text"
+    with pytest.raises(CodecError) as raised:
+        pack_events([{"action": "click", "ok": "é"}, event], 10**6)
+    assert str(raised.value) == expected
+
+
+def test_what_cannot_be_written_is_refused_naming_the_event_and_why() -> None:
+    """Values that parsed JSON never holds (the endpoint's own callers may pass them) are a
+    CodecError naming the event, not a crash; so is a depth the limit was raised to let through."""
+    with pytest.raises(CodecError) as raised:
+        pack_events([{"action": "click"}, {"action": "click", "s": {1, 2}}], 10**6)
+    assert str(raised.value) == "event 1 cannot be serialised as JSON (TypeError)"
+    with pytest.raises(CodecError) as raised:
+        pack_events([{"action": "click"}, _nested(5_000)], 10**6, max_depth=10**6)
+    assert str(raised.value) == "event 1 is nested too deeply to serialise"
+
+
+def test_an_empty_request_is_refused_in_so_many_words() -> None:
+    with pytest.raises(CodecError) as raised:
+        codec.validate_events([])
+    assert str(raised.value) == "no events in the body"
+
+
+# With two more events of pad 0 after it, an event of this pad is exactly one byte short of half the total.
+PAD_BEFORE_HALF = len(dumped({"action": "click", "pad": ""})) - 2
+
+
+def _sizes_of(packed: list[Any]) -> list[list[int]]:
+    return [[len(dumped(e)) for e in decode_body(p.body, 10**7).events] for p in packed]
+
+
+@settings(max_examples=EXAMPLES * 2, deadline=None)
+@example(pads=[PAD_BEFORE_HALF, 0, 0], uniform=False)  # the first event one byte short of half
+@given(pads=st.lists(st.integers(0, 60), min_size=2, max_size=8), uniform=st.booleans())
+def test_a_request_just_over_one_message_is_cut_where_its_bytes_reach_half(pads: list[int], uniform: bool) -> None:
+    """Split by bytes, not by count: when the whole request misses one message by a byte, it goes in
+    two, the first ending with the first event at which the events' JSON reaches half its total (the
+    second half when only the last event does), so neither message is larger than it must be."""
+    events = [{"action": "click", "pad": "p" * (pads[0] if uniform else pad)} for pad in pads]
+    sizes = [len(dumped(e)) for e in events]
+    whole = len(gzip.decompress(base64.b64decode(encode_envelope([dumped(e) for e in events], CONTROL))))
+    packed = pack_events(events, 10**7, control=CONTROL, max_decoded_bytes=whole - 1)
+    cut = next((k for k in range(1, len(sizes)) if sum(sizes[:k]) >= sum(sizes) / 2), len(sizes) // 2)
+    assert _sizes_of(packed) == [sizes[:cut], sizes[cut:]]
+
+
+# -- a large message read event by event (read_body, EventStream) ------------------------------------
+
+_small = st.one_of(
+    st.integers(-(10**20), 10**20).map(str),
+    st.sampled_from([*_LITERALS, "true", "null", '"x"', '"é\\u00e9"', "[]", "{}", '{"a":[1,{"b":2}]}']),
+)
+_stream_event = st.one_of(
+    st.builds(lambda v: '{"action":"click","v":' + v + "}", _small),
+    st.just('{"action":"click","a":1,"a":2}'),  # a key named twice: the whole path's error
+    _small,
+)
+
+
+def _fields(pairs: list[tuple[str, str]], gap: str) -> str:
+    return "{" + f",{gap}".join(f"{json.dumps(k)}{gap}:{gap}{v}" for k, v in pairs) + "}"
+
+
+@st.composite
+def _documents(draw: st.DrawFn) -> bytes:
+    """Envelopes of every shape: events with control fields before and after them, a bare list, a
+    single event, no events list, a key named twice, trailing text or half a character, a cut."""
+    gap = draw(st.sampled_from(["", " ", "\n\t"]))
+    events = "[" + f",{gap}".join(draw(st.lists(_stream_event, max_size=4))) + gap + "]"
+    before = draw(st.lists(st.tuples(st.sampled_from(["producer", "x", "events"]), _small), max_size=2))
+    after = draw(
+        st.lists(st.tuples(st.sampled_from(["z", "x", "events"]), st.one_of(_small, st.just(events))), max_size=2)
+    )
+    shape = draw(st.sampled_from(["envelope", "envelope", "envelope", "list", "event", "no-list", "scalar"]))
+    text = {
+        "envelope": lambda: _fields([*before, ("events", events), *after], gap),
+        "list": lambda: events,
+        "event": lambda: _fields([("action", '"click"'), *after], gap),
+        "no-list": lambda: _fields([("x", "1"), *before], gap),
+        "scalar": lambda: draw(_small),
+    }[shape]()
+    data = (draw(st.sampled_from(["", " ", "\n"])) + text).encode()
+    data += draw(st.sampled_from([b"", b"", b" ", b" x", b",", b"]", b"\xc3", b" \xe2\x82"]))
+    cut = draw(st.integers(0, 6))
+    return data[: len(data) - cut] if draw(st.booleans()) else data
+
+
+def _outcome(read: Any) -> tuple[Any, ...]:
+    try:
+        decoded = read()
+    except CodecError as exc:
+        return ("refused", str(exc))
+    return ("read", _spelt(decoded.events), _spelt(decoded.control))
+
+
+def _read_by_event(body: str | bytes) -> bool:
+    """Whether the stream must read this body event by event: it decodes, and it is a list or an
+    object holding an `events` list (the shapes the stream does not leave to `whole()`).
+
+    Left out: a float among the events or control values themselves (not inside an event). When
+    the window ends just after its "." or "e", `EventStream._value` takes the part before as an
+    integer and then finds the envelope broken, so such a message is read whole (no wrong value is
+    kept; only the memory bound is lost). Reported to the lead as a bug, not fixed here."""
+    try:
+        doc = codec.parse_json(codec.body_to_json_bytes(body))
+    except CodecError:
+        return False
+    if isinstance(doc, dict) and isinstance(doc.get("events"), list):
+        top = [*doc["events"], *(v for k, v in doc.items() if k != "events")]
+    elif isinstance(doc, list):
+        top = doc
+    else:
+        return False
+    return not any(isinstance(v, float) for v in top)
+
+
+def _streamed(body: str | bytes, max_bytes: int) -> tuple[Any, ...]:
+    try:
+        read = codec.read_body(body, max_bytes)
+    except CodecError as exc:
+        return ("refused", str(exc))
+    assert isinstance(read, codec.EventStream)
+    events = list(read)
+    if read.unusual:  # what was taken is dropped: the document is read whole, as decode_body does
+        return _outcome(read.whole)
+    assert read.count == len(events)
+    return ("read", _spelt(events), _spelt(read.control))
+
+
+@settings(max_examples=EXAMPLES * 4, deadline=None)
+# A document that ends in the middle of a character (the stream's decoder must say so at the end).
+@example(data=b'{"events":[{"action":"click"}]}\xc3', form="tune", piece=4, max_bytes=10**6)
+@example(data=b'[{"action":"click"}] \xe2\x82', form="tune", piece=64, max_bytes=10**6)
+@given(
+    data=_documents(),
+    form=st.sampled_from(["tune", "plain"]),
+    piece=st.integers(1, 16),
+    max_bytes=st.sampled_from([10**6, 40]),
+)
+def test_reading_event_by_event_gives_what_reading_whole_gives(
+    data: bytes, form: str, piece: int, max_bytes: int
+) -> None:
+    """Whatever the document, the events and control fields read one event at a time (the text
+    arriving in pieces of a few characters, so every value is cut somewhere) are those decode_body
+    gives; where the stream cannot tell, `whole()` gives exactly decode_body's result or error. An
+    envelope that decodes is read event by event, never left to `whole()`."""
+    body = base64.b64encode(gzip.compress(data, mtime=0)).decode() if form == "tune" else data
+    expected = _outcome(lambda: decode_body(body, max_bytes))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "STREAM_MIN_BYTES", 0)  # every message read event by event
+        patch.setattr(codec, "_PIECE_BYTES", piece)
+        assert _streamed(body, max_bytes) == expected
+        if expected[0] == "read" and _read_by_event(body):
+            stream = codec.read_body(body, max_bytes)
+            assert isinstance(stream, codec.EventStream)
+            assert (list(stream), stream.unusual) == (decode_body(body, max_bytes).events, False)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 64])
+def test_a_message_exactly_at_the_inflated_limit_is_read_event_by_event(piece: int) -> None:
+    events = [{"action": "click", "n": i, "pad": "é" * i} for i in range(12)]
+    body = encode_envelope([dumped(e) for e in events], CONTROL)
+    size = len(gzip.decompress(base64.b64decode(body)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "STREAM_MIN_BYTES", 0)
+        patch.setattr(codec, "_PIECE_BYTES", piece)
+        stream = codec.read_body(body, size)
+        assert isinstance(stream, codec.EventStream)
+        assert (list(stream), stream.unusual, stream.count) == (events, False, len(events))
+        assert stream.control.items() >= CONTROL.items()
+        too_small = codec.read_body(body, size - 1)
+        assert isinstance(too_small, codec.EventStream)
+        assert len(list(too_small)) < len(events) and too_small.unusual
+        with pytest.raises(codec.BodyTooLarge):
+            too_small.whole()
+
+
+def test_a_large_message_is_read_holding_pieces_not_the_document() -> None:
+    """The point of reading event by event: a message of 16 MiB inflated is read holding a few
+    pieces of 1 MiB (the inflated head, the text window), never the document or its events."""
+    pad = "x" * 8192
+    count = 16 * 1024 * 1024 // len(pad)
+    doc = b'{"events":[' + b",".join(b'{"action":"click","n":%d,"pad":"%s"}' % (i, pad.encode()) for i in range(count))
+    body = base64.b64encode(gzip.compress(doc + b'],"producer":"test"}', compresslevel=1)).decode()
+    del doc
+    tracemalloc.start()
+    try:
+        stream = codec.read_body(body)
+        assert isinstance(stream, codec.EventStream)
+        seen = sum(1 for event in stream if event["pad"] == pad)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (seen, stream.count, stream.unusual, stream.control) == (count, count, False, {"producer": "test"})
+    assert peak < 8 * 1024 * 1024, peak
+
+
+# -- the fast path for an envelope exactly as orjson writes it (_decode_canonical) -------------------
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [
+        b'{"events":[{"action":"click","v":0.00001,"w":[1e-7,2.5]},{"action":"open","n":1}]}',
+        b'{"producer":"x","events":[{"action":"click","v":0.00001},{"action":"open","e":"\xc3\xa9"}]}',
+        b'{"events":[]}',
+    ],
+    ids=["no-control", "control", "no-events"],
+)
+def test_the_fast_path_reads_what_the_full_path_reads_and_each_events_text(doc: bytes) -> None:
+    """An envelope written as orjson writes it takes the fast path (with or without control fields),
+    decodes as the full path does, and each event's text comes with it exactly as dump_event_text
+    writes it (json's spelling, 1e-05, where orjson's 0.00001 differs)."""
+    decoded = decode_body(doc)
+    full = codec.split_envelope(codec.parse_json(doc))
+    assert decoded.raw is not None
+    assert (decoded.events, decoded.control) == (full.events, full.control)
+    assert decoded.raw == [codec.dump_event_text(e) for e in decoded.events]
+
+
+def _canonical_of_size(size: int) -> bytes:
+    head, tail = b'{"events":[{"action":"click","pad":"', b'"}]}'
+    return head + b"p" * (size - len(head) - len(tail)) + tail
+
+
+def test_the_fast_path_stops_at_its_size_limit() -> None:
+    """Above FAST_PATH_MAX_BYTES orjson would hold ~15 times the document: the full path reads it."""
+    at_limit = _canonical_of_size(codec.FAST_PATH_MAX_BYTES)
+    over = _canonical_of_size(codec.FAST_PATH_MAX_BYTES + 1)
+    assert decode_body(at_limit).raw is not None
+    decoded = decode_body(over)
+    assert decoded.raw is None and decoded.events == codec.parse_json(over)["events"]
+
+
+def test_each_message_names_its_producer_and_when_it_was_sent() -> None:
+    """The envelope the endpoint writes carries, besides the request's control fields, who wrote it
+    and the second it was packed (stored with the envelope, `docs/data.md`)."""
+    before = int(time.time())
+    events = [{"action": "click", "n": i, "pad": base64.b64encode(os.urandom(300)).decode()} for i in range(6)]
+    packed = pack_events(events, 1200, control=CONTROL)
+    after = int(time.time())
+    assert len(packed) > 1
+    for p in packed:
+        control = decode_body(p.body).control
+        assert control.keys() == {"producer", "sent_at", *CONTROL}
+        assert control["producer"] == codec.PRODUCER == "tune-firehose"
+        assert type(control["sent_at"]) is int and before <= control["sent_at"] <= after
+
+
+def test_a_body_depends_on_its_events_and_send_time_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same request packed at the same `sent_at` gives the same bytes, whatever the clock says
+    when gzip runs (a retried request is the same message; its gzip header holds no time)."""
+
+    class Frozen:
+        @staticmethod
+        def time() -> float:
+            return 1_700_000_000.5
+
+    events = [{"action": "click", "n": i} for i in range(3)]
+    monkeypatch.setattr(codec, "time", Frozen)
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.0)
+    first = pack_events(events, 10**6, control=CONTROL)
+    monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
+    assert pack_events(events, 10**6, control=CONTROL) == first
+    assert decode_body(first[0].body).control["sent_at"] == 1_700_000_000

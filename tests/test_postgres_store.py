@@ -7,8 +7,11 @@ test_postgres_writers.py. These run against the session's throwaway server (test
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
+import subprocess
+import sys
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from psycopg import sql
 
+from db.batch import EVENT_COLUMNS, Rows
 from db.errors import DatabaseFault, DatabaseUrlError
 from db.postgres import partitions
 from db.postgres import schema as pg_schema
@@ -26,6 +30,7 @@ from db.postgres.store import PostgresStore
 from db.store import Store
 from tests.kit import tune_message
 from worker.decoders import decode_batch
+from worker.rows import empty_as_none
 
 NOW = 1_790_100_000  # 2026-09-23
 SEPT = 1_790_000_000  # 2026-09-21, in the month of NOW
@@ -159,6 +164,60 @@ def test_text_with_u0000_is_stored_with_a_replacement_character_and_the_raw_json
     assert aff_sub == "a\ufffdb"
     assert '"aff_sub":"a\\u0000b"' in raw
     assert "U+FFFD" in caplog.text
+
+
+# -- rows built for either store -----------------------------------------------------------------
+
+
+def test_rows_built_for_sqlite_or_for_postgresql_are_stored_alike(
+    pg_cluster: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An empty column is a NaN in rows built for SQLite and None in rows built for PostgreSQL (what
+    `read_queue.py run` builds there); either way PostgreSQL takes them at once and stores NULL,
+    never 'NaN', and no batch is refused and written again."""
+    caplog.set_level(logging.WARNING)
+    built = batch(click("a", aff_sub="x"), click("b", offer_id=None), {"action": "click", "tune_event_id": "c"})
+    assert any(v != v for row in built.events for v in row)  # the NaN this test is about
+    as_none = Rows()
+    as_none.extend(built)
+    as_none.events = [empty_as_none(row) for row in built.events]
+    stored = []
+    for rows_built in (built, as_none):
+        url = pg_cluster.create_database()
+        s = PostgresStore.open(url)
+        try:
+            assert s.write(rows_built).events == 3
+        finally:
+            s.close()
+        stored.append(rows(url, "SELECT * FROM events ORDER BY tune_event_id"))
+        offers = rows(url, "SELECT offer_id, aff_sub FROM events ORDER BY tune_event_id")
+        assert offers == [(1, "x"), (None, None), (None, None)]
+    assert stored[0] == stored[1]
+    assert all(v is None or v == v for row in stored[0] for v in row)
+    assert "refused" not in caplog.text
+
+
+def test_a_worker_for_postgresql_and_its_helper_build_empty_columns_as_none() -> None:
+    """After `build_empty_as_none` a process builds rows with None, and so does the decoding helper it
+    starts next: neither side's rows hold a NaN, so PostgreSQL's COPY takes them as they are."""
+    program = """
+import json, sys
+from worker import rows
+from worker.decoders import make_decoder, decode_batch
+from db.batch import Incoming
+from tests.kit import tune_message
+rows.build_empty_as_none()
+items = [("m1", tune_message([{"action": "click", "tune_event_id": "a", "datetime": 1790000000}]), 1)]
+inline = decode_batch(items, 1 << 20, 1790100000)
+decoder = make_decoder("process")
+helper = Incoming(decoder.submit(items, 1 << 20, 1790100000)).whole()
+decoder.close()
+print(json.dumps([[v != v for v in built.events[0]] for built in (inline, helper)]))
+"""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", program], cwd=root, capture_output=True, text=True, check=True)
+    inline, helper = json.loads(done.stdout)
+    assert len(inline) == len(EVENT_COLUMNS) and not any(inline) and not any(helper)
 
 
 # -- faults --------------------------------------------------------------------------------------

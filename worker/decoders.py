@@ -44,6 +44,7 @@ from queue import Empty, SimpleQueue
 from typing import IO, Protocol
 
 from db.batch import Part, Rows, Streamed, chunks_of
+from worker import rows as row_format
 from worker.errors import HelperDied
 from worker.rows import Batch
 
@@ -313,8 +314,13 @@ def _keep_large_blocks_out_of_the_heap() -> None:
 _M_MMAP_THRESHOLD = -3  # glibc's malloc.h
 
 
+_EMPTY_AS_NONE = "--empty-as-none"
+
+
 def helper_main() -> None:
     """The helper process (started by `_Helper`)."""
+    if _EMPTY_AS_NONE in sys.argv[1:]:
+        row_format.build_empty_as_none()
     _keep_large_blocks_out_of_the_heap()
     # Ctrl-C reaches the whole process group; the worker decides when to stop, and then closes the
     # helper's stdin.
@@ -412,7 +418,8 @@ def _widen_pipe(stream: IO[bytes] | None) -> None:
 class _Helper:
     def __init__(self, read_ahead_bytes: int) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.decoders"],
+            # The helper builds its rows as this process would (worker/rows.py `NULL`).
+            [sys.executable, "-m", "worker.decoders", *([_EMPTY_AS_NONE] if row_format.NULL is None else [])],
             cwd=_ROOT,  # where `worker` is importable from, whatever the worker's own directory
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,

@@ -35,7 +35,9 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.abc import Buffer
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.numeric import FloatDumper
 
 from db.batch import ADJUSTMENT_COLUMNS, ENVELOPE_COLUMNS, EVENT_COLUMNS, REJECT_COLUMNS, Incoming, Rows
 from db.errors import DatabaseFault, DatabaseUrlError, ServerTooOld
@@ -121,11 +123,14 @@ def _rows_of(part: Rows) -> tuple[list[tuple[Any, ...]], ...]:
     return part.events, part.adjustments, part.envelopes, part.rejects
 
 
-def unbound(row: Sequence[Any]) -> tuple[Any, ...]:
-    """A row with NULL as None. The worker builds rows the way SQLite binds them fastest, a float
-    NaN for NULL (worker/rows.py); no column ever holds a real NaN, and NaN is the only value not
-    equal to itself (identity would not do: rows from the decoding helper are unmarshalled copies)."""
-    return tuple([v if v == v else None for v in row])
+class _NanAsNull(FloatDumper):
+    """A float NaN is copied as NULL. Rows built for SQLite hold a NaN for an empty column (it binds
+    fastest there, worker/rows.py), and no column ever holds a real NaN. Rows built for this store
+    hold None (`build_empty_as_none`), which psycopg copies without calling this at all: a NaN costs
+    a Python call, so such rows are taken as they are, not mapped first."""
+
+    def dump(self, obj: float) -> Buffer | None:
+        return None if obj != obj else super().dump(obj)
 
 
 def sanitised(row: Sequence[Any]) -> tuple[Any, ...]:
@@ -217,6 +222,7 @@ class PostgresStore:
         # No server-side prepared statements: they live in the session, which a pooler in
         # transaction mode may swap between transactions.
         conn.prepare_threshold = None
+        conn.adapters.register_dumper(float, _NanAsNull)
         try:
             if not self._migrated:  # once per store: its first connection brings the schema up to date
                 migrate(conn)
@@ -328,14 +334,13 @@ class PostgresStore:
         return _preamble(self._force_sync)
 
     def _stage(self, cur: Any, part: Rows, staged: _Staged, clean: bool) -> None:
-        prepare = sanitised if clean else unbound
         for table, rows in zip(TABLES, _rows_of(part), strict=True):
             if not rows:
                 continue
             with cur.copy(table.copy_statement) as copy:
                 write_row = copy.write_row
-                for row in rows:
-                    write_row(prepare(row))
+                for row in map(sanitised, rows) if clean else rows:
+                    write_row(row)
             staged.rows[table.name] += len(rows)
         if part.events:
             staged.months |= self.partitions.missing(row[_EVENT_TIME] for row in part.events)

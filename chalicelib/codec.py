@@ -267,6 +267,7 @@ def _skip_whitespace(text: str, at: int) -> int:
 
 # The parser `parse_json` uses, one value at a time (raw_decode parses one value from an offset).
 _VALUE_PARSER = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_float=_parse_float)
+_NUMBER_TYPES = (int, float, FloatText)  # what the parser makes of a JSON number
 
 
 # Raised inside `EventStream` only, never out of it: the document is not one read event by event.
@@ -345,10 +346,19 @@ class EventStream:
                 if self._more():
                     continue
                 raise
-            if end == len(self._text) and self._more():  # a number may go on in the next piece
+            if self._may_go_on(value, end) and self._more():
                 continue
             self._at = end
             return value
+
+    def _may_go_on(self, value: Any, end: int) -> bool:
+        """Whether the value just read may be only the start of one cut by the window's end: the
+        window ends there, or a number is followed by no more than the start of a fraction or an
+        exponent (`1.`, `1e`, `1.5e+`), which the next piece may complete."""
+        rest = len(self._text) - end
+        if rest == 0:
+            return True
+        return rest <= 2 and self._text[end] in ".eE" and type(value) in _NUMBER_TYPES
 
     # -- the envelope ------------------------------------------------------------------------
 

@@ -376,9 +376,9 @@ def run_mutmut(work: Path, max_children: int, names: list[str] | None = None) ->
     record.write_text(f"{seconds} {max_children} {runs + 1}")
 
 
-# Cheapest first (the codec's and ingest's mutants are judged by unit tests in a second or two; the
-# loop's need whole worker runs): a run stopped at its time box has judged the most mutants.
-ORDER = ["chalicelib/codec.py", "chalicelib/ingest.py", "chalicelib/queues/local.py", "db/store.py", "worker/loop.py"]
+# The codec and ingest first (their mutants are judged by unit tests in a second or two), then the
+# loop and the store, which decide what is stored and deleted, then the local queue.
+ORDER = ["chalicelib/codec.py", "chalicelib/ingest.py", "worker/loop.py", "db/store.py", "chalicelib/queues/local.py"]
 
 
 def refresh_tests(work: Path) -> None:

@@ -97,6 +97,7 @@ def post(client: Client, body: bytes | str, **headers: str) -> Any:
         f"Token {TOKEN}",
         TOKEN,
         f"Bearer {base64.b64encode(TOKEN.encode()).decode()}",
+        f"Bearer {TOKEN}\udcff",  # a lone surrogate, as a JSON-escaped Lambda event can carry
     ],
 )
 def test_missing_or_wrong_token_is_401_and_enqueues_nothing(

@@ -154,10 +154,32 @@ _STREAM_TEXT = (
 _MORE_AGAIN = (
     "a wrong True at the end: the next call answers False at once (`if self._finished`), so the caller loops once more"
 )
+_IDLE_NONE = "`_idle = None`: `_idle` is read only as `if self._idle`, None as false"
 EQUIVALENT: dict[str, str] = {
     "worker.loop.xǁObserverǁsampled__mutmut_1": (
         "the default of a `Protocol` method's stub: the stub never runs, and each observer defines its own"
     ),
+    "worker.loop.xǁWorkerǁ_depth__mutmut_1": (
+        "`fresh=True` as the default: `_depth`'s only caller, `_progress`, always passes `fresh=final`"
+    ),
+    "worker.loop.xǁWorkerǁ_depth__mutmut_10": (
+        "`getattr(queue, 'backend', None)`: for a queue without `backend`, `DEPTH_INTERVAL_SECONDS.get(None, 1.0)` "
+        "is 1.0, as `.get('', 1.0)` is"
+    ),
+    "worker.loop.xǁWorkerǁ_depth__mutmut_16": (
+        "`'XXXX'` as the default backend is, like `''`, not a key of `DEPTH_INTERVAL_SECONDS`: 1.0 either way"
+    ),
+    "worker.loop.xǁWorkerǁ_sleep__mutmut_4": _IDLE_NONE,
+    "worker.loop.xǁ_PerMessageǁlearn__mutmut_22": (
+        "`max(body_bytes, 2)` differs only for bodies totalling 0 or 1 byte; such a body is never base64(gzip) and "
+        "becomes a reject whose decoded bytes are its length (at most 1), so the ratio is at most 1 either way and "
+        "`max(..., 1.0)` gives 1.0"
+    ),
+    "worker.loop.xǁWorkerǁ_collect__mutmut_1": (
+        "the default of `hurry`: `_step`, its only caller in the product, always passes `hurry=`"
+    ),
+    "worker.loop.xǁWorkerǁ_collect__mutmut_31": _IDLE_NONE,
+    "worker.loop.xǁWorkerǁ_start__mutmut_37": "`_Job(messages, None, ...)`: `_Job.now` is never read",
     "db.store.xǁStoreǁopen__mutmut_6": _DEFAULT_FULL,
     "db.store.xǁStoreǁopen__mutmut_10": _DEFAULT_FULL,
     "db.store.x__why_unwritable__mutmut_3": _PARENT_EXISTS,

@@ -35,6 +35,7 @@ from chalicelib.errors import QueueUnavailable
 from chalicelib.queues import Depth, Message
 from chalicelib.queues.local import LocalQueue
 from db.batch import Incoming, Rows
+from db.errors import DatabaseFault
 from db.store import Store, WriteStats
 from tests.faultkit import pack
 from tests.kit import tune_message
@@ -757,3 +758,541 @@ def test_the_heartbeat_extends_the_messages_in_hand_every_third_of_their_timeout
     assert queue.calls[forgotten_at:] == [(["a", "c"], timeout)] * (stopped_at - forgotten_at)
     # Named in a thread dump; a daemon, so one never stopped (a bug) cannot keep the process alive.
     assert set(queue.threads) == {("visibility-heartbeat", True)}
+
+
+# -- the backoff after queue errors, and what is left running at the end --------------------------
+
+
+class _UnreachableFor(LocalQueue):
+    """Refuses the receives numbered in `refusals` (counting from 1), then answers as usual."""
+
+    refusals: frozenset[int]
+    receives = 0
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        self.receives += 1
+        if self.receives in self.refusals:
+            raise QueueUnavailable("connection refused")
+        return super().receive(max_messages, wait_seconds, visibility_timeout)
+
+
+class _SleepRecorded:
+    """`time` as worker.loop sees it, but a sleep that only records how long it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[float] = []
+        self.time, self.perf_counter, self.monotonic = time.time, time.perf_counter, time.monotonic
+
+    def sleep(self, seconds: float) -> None:
+        self.asked.append(seconds)
+
+
+@pytest.mark.worker_errors_expected  # each refused receive is logged as an error, by design
+def test_the_wait_after_queue_errors_doubles_up_to_a_minute_and_starts_over_after_a_good_receive(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = _UnreachableFor(tmp_path / "queue.db")
+    # Eight refusals in a row, one good receive (the message, a whole group), then two more refusals.
+    queue.refusals = frozenset([*range(1, 9), 10, 11])
+    assert queue.send_all(_even_messages(1, 3)).ok
+    clock = _SleepRecorded()
+    monkeypatch.setattr(worker_loop, "time", clock)
+    store = Store.open(tmp_path / "firehose.db")
+    caplog.set_level(logging.INFO, logger=WORKER_LOG)
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=0, max_batch_events=3), out=None)
+        assert worker.run(until_empty=True) == 0
+        written = store.counts()["envelopes"]
+    finally:
+        store.close()
+        queue.close()
+    assert written == 1
+    assert clock.asked == [1, 2, 4, 8, 16, 32, 60, 60, 1, 2]
+    assert _records(caplog, logging.ERROR) == [
+        f"queue unreachable, retrying in {seconds:.0f} s (nothing is deleted): connection refused"
+        for seconds in clock.asked
+    ]
+
+
+def _heartbeats() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "visibility-heartbeat" and t.is_alive()}
+
+
+class _FaultyDisk(Store):
+    def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+        raise DatabaseFault("database or disk is full: firehose.db")
+
+
+@pytest.mark.worker_errors_expected  # the fault is logged as an error, by design
+def test_a_database_fault_stops_the_worker_deleting_nothing_and_tells_the_operator_what_comes_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = LocalQueue(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(3, 100)).ok
+    store = _FaultyDisk.open(tmp_path / "firehose.db")
+    caplog.set_level(logging.INFO, logger=WORKER_LOG)
+    before = _heartbeats()
+    try:
+        # One message a group (100 events fill a transaction); with a decoder that overlaps, the second
+        # group is in hand, decoded and not written, when the first one's write meets the fault.
+        worker = Worker(
+            queue, store, Limits(wait_seconds=0, max_batch_events=100), out=None, decoder=_OverlappingInline()
+        )
+        assert worker.run(until_empty=True) == worker_loop.EXIT_DB_FAULT
+        left_running = _heartbeats() - before
+        depth = queue.depth()
+    finally:
+        store.close()
+        queue.close()
+    assert left_running == set(), "no message in hand is kept invisible after the worker stopped"
+    assert (depth.visible, depth.in_flight) == (1, 2), "the two received are not deleted: they come back"
+    assert _records(caplog, logging.ERROR) == [
+        "database or disk is full: firehose.db. Stopping without deleting the messages in hand; they will be "
+        "redelivered once the database is fixed."
+    ]
+
+
+class _FailsFirstTelling:
+    """An observer with a bug: it raises on the first transaction it is told of."""
+
+    told = 0
+
+    def batch_written(self, messages: list[Message], batch: Rows, stats: WriteStats, commit_seconds: float) -> None:
+        self.told += 1
+        if self.told == 1:
+            raise RuntimeError("bug in an observer")
+
+    def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None:
+        pass
+
+
+@pytest.mark.worker_errors_expected  # the bug is logged as an error, by design
+def test_a_bug_met_mid_group_counts_the_unwritten_messages_and_leaves_them_in_flight(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = LocalQueue(tmp_path / "queue.db")
+    _fill(queue, messages=6, per_message=200, seed=1706)
+    clock = _SleepStops()
+    monkeypatch.setattr(worker_loop, "time", clock)
+    store = Store.open(tmp_path / "firehose.db")
+    caplog.set_level(logging.INFO, logger=WORKER_LOG)
+    try:
+        # One group of six (by the first guess of 100 events each), cut into transactions of three: the
+        # first is written and deleted, then the bug; the backoff's sleep stops the worker.
+        clock.worker = worker = Worker(
+            queue, store, Limits(wait_seconds=0, max_batch_events=600), out=None, observers=[_FailsFirstTelling()]
+        )
+        assert worker.run() == 0
+        written = store.counts()["envelopes"]
+    finally:
+        store.close()
+    try:
+        depth = queue.depth()
+    finally:
+        queue.close()
+    assert written == 3 and (depth.visible, depth.in_flight) == (0, 3), "the rest come back after their timeout"
+    assert _records(caplog, logging.ERROR) == [
+        "unexpected error; the 3 messages in hand come back after their visibility timeout"
+    ]
+
+
+# -- with a decoder that overlaps: one group waits while the next is received ---------------------
+
+
+class _Journal(LocalQueue):
+    """Records each receive's long-poll wait, and (through `_Written`) each write, in order."""
+
+    journal: list[tuple[str, float]]
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        self.journal.append(("receive", wait_seconds))
+        return super().receive(max_messages, 0, visibility_timeout)  # the journal says how long; none here
+
+
+class _Written(Store):
+    journal: list[tuple[str, float]]
+
+    def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+        stats = super().write(batch, give_up)
+        self.journal.append(("write", len(batch.envelopes)))
+        return stats
+
+
+@pytest.mark.parametrize("overlaps", [True, False], ids=["overlapping", "inline"])
+def test_a_group_waits_in_hand_only_while_the_next_is_received_and_that_receive_does_not_long_poll(
+    tmp_path: Path, overlaps: bool
+) -> None:
+    queue = _Journal(tmp_path / "queue.db")
+    journal: list[tuple[str, float]] = []
+    queue.journal = journal
+    assert queue.send_all(_even_messages(3, 100)).ok
+    store = _Written.open(tmp_path / "firehose.db")
+    assert isinstance(store, _Written)
+    store.journal = journal
+    decoder = _OverlappingInline() if overlaps else InlineDecoder()
+    try:
+        # One message a group (100 events fill a transaction). Draining, a long poll waits at most a second.
+        worker = Worker(queue, store, Limits(wait_seconds=20, max_batch_events=100), out=None, decoder=decoder)
+        assert worker.run(until_empty=True) == 0
+    finally:
+        store.close()
+        queue.close()
+    if overlaps:
+        assert journal == [
+            ("receive", 1.0),
+            ("receive", 0),
+            ("write", 1),
+            ("receive", 0),
+            ("write", 1),
+            ("receive", 0),
+            ("write", 1),
+        ]
+    else:
+        assert journal == [("receive", 1.0), ("write", 1)] * 3 + [("receive", 1.0)]
+
+
+class _StopsAfterEmptyPolls(LocalQueue):
+    """Stops the worker once it has found the queue empty `patience` times."""
+
+    worker: Worker
+    patience = 3
+    empty_polls = 0
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        messages = super().receive(max_messages, wait_seconds, visibility_timeout)
+        if not messages:
+            self.empty_polls += 1
+            if self.empty_polls == self.patience:
+                self.worker.request_stop()
+        return messages
+
+
+def test_by_default_the_worker_keeps_polling_an_empty_queue_until_stopped(tmp_path: Path) -> None:
+    queue = _StopsAfterEmptyPolls(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(2, 3)).ok
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        queue.worker = worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
+        assert worker.run() == 0
+        written = store.counts()["envelopes"]
+    finally:
+        store.close()
+        queue.close()
+    assert written == 2 and queue.empty_polls == queue.patience
+
+
+# -- how a group is gathered: its receives, its bytes, its time ------------------------------------
+
+
+class _Receives(LocalQueue):
+    """Records each receive as (how many asked, long-poll wait, visibility timeout)."""
+
+    receives: list[tuple[int, float, int]]
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        self.receives.append((max_messages, wait_seconds, visibility_timeout))
+        return super().receive(max_messages, wait_seconds, visibility_timeout)
+
+
+def _drain_receiving(
+    tmp_path: Path, bodies: list[str], limits: Limits, clock: Callable[[], float] = time.monotonic
+) -> tuple[list[tuple[int, float, int]], list[tuple[int, int]]]:
+    queue = _Receives(tmp_path / "queue.db")
+    queue.receives = []
+    assert queue.send_all(bodies).ok
+    store = _Cuts.open(tmp_path / "firehose.db")
+    assert isinstance(store, _Cuts)
+    store.cuts = []
+    try:
+        assert Worker(queue, store, limits, out=None, clock=clock).run(until_empty=True) == 0
+    finally:
+        store.close()
+        queue.close()
+    return queue.receives, store.cuts
+
+
+def test_a_group_is_topped_up_asking_only_for_what_it_lacks_with_the_configured_visibility(tmp_path: Path) -> None:
+    # The first group wants 15 messages (1500 events by the first guess of 100 each): ten, then five.
+    # Afterwards one-event messages: as many as the queue holds, ten at a time.
+    limits = Limits(wait_seconds=0, max_batch_events=1500, visibility_timeout=45)
+    receives, cuts = _drain_receiving(tmp_path, _even_messages(30, 1), limits)
+    assert cuts == [(15, 15), (15, 15)]
+    assert [asked for asked, _, _ in receives] == [10, 5, 10, 10, 10, 10]
+    assert {(wait, visibility) for _, wait, visibility in receives} == {(0, 45)}
+
+
+def test_the_first_group_stops_growing_once_its_bodies_inflated_by_the_first_guess_fill_a_transaction(
+    tmp_path: Path,
+) -> None:
+    bodies = _even_messages(40, 1)
+    body = len(bodies[0])
+    assert {len(b) for b in bodies} == {body}
+    # Twenty bodies, inflated four times (the first guess), are exactly a transaction's bytes: the
+    # group stops there. Once decoded (these shrink) a transaction holds them all.
+    limits = Limits(wait_seconds=0, max_batch_events=10_000, max_batch_bytes=20 * body * 4)
+    receives, _cuts = _drain_receiving(tmp_path, bodies, limits)
+    assert [asked for asked, _, _ in receives][:2] == [10, 10]
+    assert _cuts[0] == (20, 20)
+
+
+def test_a_group_gathers_for_no_longer_than_max_batch_seconds(tmp_path: Path) -> None:
+    # The worker's clock stands still: with no time to gather, a group is what one receive returns.
+    limits = Limits(wait_seconds=0, max_batch_seconds=0)
+    _receives, cuts = _drain_receiving(tmp_path, _even_messages(25, 1), limits, clock=_Clock())
+    assert cuts == [(10, 10), (10, 10), (5, 5)]
+
+
+class _StopsWhenEmpty(_Journal):
+    """Stops the worker once a long poll finds nothing."""
+
+    worker: Worker
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        messages = super().receive(max_messages, wait_seconds, visibility_timeout)
+        if not messages and wait_seconds > 0:
+            self.worker.request_stop()
+        return messages
+
+
+def test_not_draining_an_idle_worker_long_polls_for_the_whole_wait(tmp_path: Path) -> None:
+    queue = _StopsWhenEmpty(tmp_path / "queue.db")
+    queue.journal = []
+    assert queue.send_all(_even_messages(1, 3)).ok
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        queue.worker = worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
+        assert worker.run() == 0
+        written = store.counts()["envelopes"]
+    finally:
+        store.close()
+        queue.close()
+    # A long poll, a top-up that does not wait (and finds nothing), then a long poll again.
+    assert written == 1 and queue.journal == [("receive", 20), ("receive", 0), ("receive", 20)]
+
+
+class _SignalledAfterReceive(LocalQueue):
+    """A stop signal arrives just as a receive returns what it took."""
+
+    signum: int
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        messages = super().receive(max_messages, wait_seconds, visibility_timeout)
+        signal.raise_signal(self.signum)
+        return messages
+
+
+@pytest.mark.usefixtures("stop_signals")
+def test_a_stop_signal_during_a_receive_that_does_not_long_poll_hands_back_what_it_took_at_once(
+    tmp_path: Path,
+) -> None:
+    queue = _SignalledAfterReceive(tmp_path / "queue.db")
+    queue.signum = signal.SIGTERM
+    assert queue.send_all(_even_messages(3, 3)).ok
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
+        worker.install_signal_handlers()
+        assert worker.run() == 0
+        written = store.counts()["envelopes"]
+        depth = queue.depth()
+    finally:
+        store.close()
+        queue.close()
+    assert written == 0 and (depth.visible, depth.in_flight) == (3, 0), "not left in flight until their timeout"
+
+
+@pytest.mark.usefixtures("stop_signals")
+def test_a_stop_signal_during_a_drains_one_second_long_poll_ends_it_at_once(tmp_path: Path) -> None:
+    queue = _ReceiveSignalled(tmp_path / "queue.db")
+    queue.signum = signal.SIGTERM
+    assert queue.send_all(_even_messages(2, 3)).ok
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
+        worker.install_signal_handlers()
+        assert worker.run(until_empty=True) == 0  # draining, a long poll waits at most a second
+        depth = queue.depth()
+    finally:
+        store.close()
+        queue.close()
+    assert queue.polled_on == 0, "the poll is broken into, not waited out"
+    assert (depth.visible, depth.in_flight) == (2, 0)
+
+
+# -- what a group's start records: redeliveries, the receive time, the size limit ----------------
+
+
+def test_a_redelivered_message_is_told_with_its_id_and_receive_count_and_a_first_delivery_is_not(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = LocalQueue(tmp_path / "queue.db")
+    sent = queue.send_all(_even_messages(2, 3))
+    assert sent.ok
+    again = queue.receive(1, 0, 60)  # another worker took one and handed it back unwritten
+    assert queue.change_visibility([m.receipt for m in again], 0) == []
+    store = Store.open(tmp_path / "firehose.db")
+    caplog.set_level(logging.INFO, logger=WORKER_LOG)
+    try:
+        assert Worker(queue, store, Limits(wait_seconds=0), out=None).run(until_empty=True) == 0
+    finally:
+        store.close()
+        queue.close()
+    told = [r for r in caplog.records if r.name == WORKER_LOG and r.levelno == logging.INFO]
+    redelivered = again[0].message_id
+    assert [r.getMessage() for r in told] == [f"message {redelivered} redelivered (receive count 2)"]
+    assert told[0].data == {"message_id": redelivered, "receive_count": 2}  # type: ignore[attr-defined]
+
+
+class _FrozenTime(_SleepRecorded):
+    """`time` as worker.loop sees it, but a wall clock that stands at `at`."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.time = lambda: at + 0.75
+
+
+def test_each_message_is_stored_with_the_time_it_was_received_and_checked_against_the_size_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    received_at = 1_700_000_000
+    monkeypatch.setattr(worker_loop, "time", _FrozenTime(received_at))
+    queue = LocalQueue(tmp_path / "queue.db")
+    small, large = _even_messages(1, 1)[0], _even_messages(1, 50)[0]
+    small_size = decode_batch([("m", small, 1)], 1 << 20, 0).decoded_bytes
+    assert queue.send_all([small, large]).ok
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        # The limit lets the one-event message through and rejects the fifty-event one, undecoded.
+        limits = Limits(wait_seconds=0, max_decoded_bytes=small_size + 200)
+        assert Worker(queue, store, limits, out=None).run(until_empty=True) == 0
+        counts = store.counts()
+        times = {row[0] for row in store.db.execute("SELECT received_at FROM envelopes")}
+    finally:
+        store.close()
+        queue.close()
+    assert (counts["envelopes"], counts["events"], counts["rejects"]) == (2, 1, 1)
+    assert times == {received_at}
+
+
+def test_what_a_group_held_per_message_counts_every_transaction_it_was_cut_into(tmp_path: Path) -> None:
+    # The first group: six messages (600 events by the first guess), cut into two transactions of
+    # three 200-event messages. Learnt from the whole group, the next asks for three.
+    bodies = _even_messages(9, 200)
+    asked, cuts = _drain_recording(tmp_path, bodies, Limits(wait_seconds=0, max_batch_events=600))
+    assert cuts == [(3, 600), (3, 600), (3, 600)]
+    assert asked == [6, 3, 3]
+
+
+# -- what the observers are told of each transaction ---------------------------------------------
+
+
+class _Told:
+    """An observer that keeps what it is told of each transaction, and the last sample's totals."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[str], int, int, float]] = []
+        self.final_messages = -1
+
+    def batch_written(self, messages: list[Message], batch: Rows, stats: WriteStats, commit_seconds: float) -> None:
+        self.batches.append(([m.message_id for m in messages], len(batch.envelopes), stats.events, commit_seconds))
+
+    def sampled(self, totals: Totals, depth: Depth | None, final: bool = False) -> None:
+        if final:
+            self.final_messages = totals.messages
+
+
+class _QuarterSecondTicks(_SleepRecorded):
+    """`time` as worker.loop sees it, but a `perf_counter` that moves a quarter second a reading."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ticks = 0
+
+        def perf_counter() -> float:
+            self.ticks += 1
+            return 100.0 + 0.25 * self.ticks
+
+        self.perf_counter = perf_counter
+
+
+def test_observers_are_told_each_transactions_messages_rows_stats_and_time_and_the_runs_totals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(worker_loop, "time", _QuarterSecondTicks())
+    queue = LocalQueue(tmp_path / "queue.db")
+    result = queue.send_all(_even_messages(6, 200))
+    assert result.ok
+    sent = result.message_ids
+    told = _Told()
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        # One group of six (by the first guess of 100 events each), cut into transactions of three.
+        worker = Worker(queue, store, Limits(wait_seconds=0, max_batch_events=600), out=None, observers=[told])
+        assert worker.run(until_empty=True) == 0
+    finally:
+        store.close()
+        queue.close()
+    assert told.batches == [(sent[:3], 3, 600, 0.25), (sent[3:], 3, 600, 0.25)]
+    assert told.final_messages == 6
+
+
+def test_a_stop_requested_while_a_transaction_waits_makes_the_store_give_up(tmp_path: Path) -> None:
+    queue = LocalQueue(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(2, 3)).ok
+    asked: list[bool] = []
+    worker: Worker
+
+    class Waits(Store):
+        def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+            asked.append(give_up())
+            worker.request_stop()  # as a SIGTERM arriving while the store waits for a lock
+            asked.append(give_up())
+            return super().write(batch, give_up)
+
+    store = Waits.open(tmp_path / "firehose.db")
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
+        assert worker.run(until_empty=True) == 0
+    finally:
+        store.close()
+        queue.close()
+    assert asked == [False, True]
+
+
+class _TopUpRefused(LocalQueue):
+    """A queue that hands out one message, then fails the receive that tops the group up; after
+    `patience` receives it asks the worker to stop (so a worker left waiting ends the test)."""
+
+    calls = 0
+    patience = 20
+    stop: Callable[[], None] | None = None
+
+    def receive(self, max_messages: int = 10, wait_seconds: float = 20, visibility_timeout: int = 30) -> list[Message]:
+        self.calls += 1
+        if self.calls == 2:
+            raise QueueUnavailable("connection reset")
+        if self.calls >= self.patience and self.stop is not None:
+            self.stop()
+        return super().receive(1 if self.calls == 1 else max_messages, wait_seconds, visibility_timeout)
+
+
+def test_a_failed_top_up_receive_writes_and_deletes_what_the_group_already_holds(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The messages received before a receive that fails are written and deleted now, not left in
+    flight until their visibility timeout (a minute here) while the worker polls."""
+    caplog.set_level(logging.WARNING)
+    queue = _TopUpRefused(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(3, 2)).ok
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=0, visibility_timeout=60), out=None)
+        queue.stop = worker.request_stop
+        assert worker.run(until_empty=True) == 0
+        written = store.counts()["envelopes"]
+        depth = queue.depth()
+    finally:
+        store.close()
+        queue.close()
+    assert written == 3 and (depth.visible, depth.in_flight) == (0, 0)
+    assert "could not receive more (connection reset); writing the 1 messages in hand" in caplog.text

@@ -316,7 +316,13 @@ class Worker:
             and body_bytes * per.decoded_per_body_byte < limits.max_batch_bytes
             and self.clock() < deadline
         ):
-            more = self.queue.receive(min(10, wanted - len(messages)), 0, limits.visibility_timeout)
+            try:
+                more = self.queue.receive(min(10, wanted - len(messages)), 0, limits.visibility_timeout)
+            except QueueUnavailable as exc:
+                # What is in hand is written now, not left in flight until its visibility timeout;
+                # the queue's trouble shows again at the next receive.
+                log.warning("could not receive more (%s); writing the %d messages in hand", exc, len(messages))
+                break
             if not more:
                 break
             messages.extend(more)

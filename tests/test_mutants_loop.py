@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import FrameType, SimpleNamespace
 from typing import ClassVar
@@ -54,6 +55,17 @@ def _fill(queue: LocalQueue, messages: int, per_message: int, seed: int) -> list
         assert result.ok
         sent += result.message_ids
     return sent
+
+
+@contextmanager
+def _store_beside(queue: LocalQueue, tmp_path: Path) -> Iterator[Store]:
+    """A store in tmp_path for the block; it and the queue are closed however the block ends."""
+    store = Store.open(tmp_path / "firehose.db")
+    try:
+        yield store
+    finally:
+        store.close()
+        queue.close()
 
 
 def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
@@ -167,21 +179,15 @@ def test_deletes_refused_after_commit_are_told_and_leave_the_messages_in_flight(
 ) -> None:
     queue = _DeletesBadly(tmp_path / "queue.db")
     _fill(queue, messages=9, per_message=100, seed=1703)
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         # Three messages per transaction (by the first guess of 100 events each), one group each time.
         worker = Worker(queue, store, Limits(wait_seconds=0, max_batch_events=300), out=None)
         worker.process(queue.receive(3, 0, 60))
         worker.process(queue.receive(3, 0, 60))
         worker.process(queue.receive(3, 0, 60))
         stored = store.counts()["envelopes"]
-    finally:
-        store.close()
-    try:
         depth = queue.depth()
-    finally:
-        queue.close()
     assert stored == 9, "every message is written before any delete is tried"
     assert (depth.visible, depth.in_flight) == (0, 3 + 1), "what the queue refused to delete stays in flight"
     assert _records(caplog, logging.WARNING) == [
@@ -297,15 +303,11 @@ def test_a_depth_that_cannot_be_read_does_not_end_the_drain_and_is_told(
     # Another worker holds one message (for 2 s): when this worker finds nothing to receive,
     # the queue is not empty yet, and only the depth could say so.
     assert len(queue.receive(1, 0, 2)) == 1
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         assert Worker(queue, store, Limits(wait_seconds=0), out=None).run(until_empty=True) == 0
         stored = store.counts()["envelopes"]
         depth = queue.depth()
-    finally:
-        store.close()
-        queue.close()
     assert stored == 3 and (depth.visible, depth.in_flight) == (0, 0)
     assert _records(caplog, logging.WARNING) == [
         "could not read the queue depth, so not stopping yet: queue file is locked"
@@ -415,15 +417,11 @@ def test_the_last_sample_of_a_run_shows_the_queue_as_the_run_left_it(tmp_path: P
     queue = LocalQueue(tmp_path / "queue.db")
     assert queue.send_all(_even_messages(4, 3)).ok
     samples = _Samples()
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         # One message a group (by the first guess of 100 events each): the first sample, after the first
         # group, sees three left; the run ends well within the second that depth read is good for.
         worker = Worker(queue, store, Limits(wait_seconds=0, max_batch_events=100), out=None, observers=[samples])
         assert worker.run(until_empty=True) == 0
-    finally:
-        store.close()
-        queue.close()
     depths = [(d.visible, d.in_flight, final) for d, final in samples.seen if d is not None]
     assert len(depths) == len(samples.seen)
     assert depths[0] == (3, 0, False) and depths[-1] == (0, 0, True)
@@ -508,16 +506,12 @@ def test_a_stop_signal_during_an_idle_long_poll_ends_it_at_once(tmp_path: Path, 
     queue = _ReceiveSignalled(tmp_path / "queue.db")
     queue.signum = signum
     assert queue.send_all(_even_messages(2, 3)).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
         worker.install_signal_handlers()
         assert worker.run() == 0
         written = store.counts()["envelopes"]
         depth = queue.depth()
-    finally:
-        store.close()
-        queue.close()
     assert queue.polled_on == 0, "the poll is broken into, not waited out"
     assert written == 0 and (depth.visible, depth.in_flight) == (2, 0), "nothing was received"
 
@@ -556,9 +550,8 @@ def test_a_stop_signal_during_the_backoff_after_a_queue_error_ends_the_wait_at_o
     assert queue.send_all(_even_messages(2, 3)).ok
     clock = _SleepSignalled(signum)
     monkeypatch.setattr(worker_loop, "time", clock)
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
         worker.install_signal_handlers()
         assert worker.run() == 0
@@ -566,9 +559,6 @@ def test_a_stop_signal_during_the_backoff_after_a_queue_error_ends_the_wait_at_o
         signal.raise_signal(signum)
         written = store.counts()["envelopes"]
         depth = queue.depth()
-    finally:
-        store.close()
-        queue.close()
     assert clock.asked == [1.0] and clock.slept_out == [], "the first backoff is a second, cut short by the signal"
     assert written == 0 and (depth.visible, depth.in_flight) == (2, 0)
     assert _records(caplog, logging.ERROR) == [
@@ -618,9 +608,8 @@ def test_a_bug_met_writing_the_group_in_hand_after_a_queue_error_is_told_and_lea
     assert queue.send_all(_even_messages(3, 5)).ok
     clock = _SleepStops()
     monkeypatch.setattr(worker_loop, "time", clock)
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         # The group of three (one transaction's worth by the first guess) waits in hand while the next
         # receive fails; the worker then writes it, and deleting it meets the bug.
         clock.worker = worker = Worker(
@@ -628,12 +617,7 @@ def test_a_bug_met_writing_the_group_in_hand_after_a_queue_error_is_told_and_lea
         )
         assert worker.run() == 0
         written = store.counts()["envelopes"]
-    finally:
-        store.close()
-    try:
         depth = queue.depth()
-    finally:
-        queue.close()
     assert written == 3 and (depth.visible, depth.in_flight) == (0, 3), "written, not deleted: they come back"
     assert _records(caplog, logging.ERROR) == [
         "queue unreachable, retrying in 1 s (nothing is deleted): connection reset",
@@ -797,15 +781,11 @@ def test_the_wait_after_queue_errors_doubles_up_to_a_minute_and_starts_over_afte
     assert queue.send_all(_even_messages(1, 3)).ok
     clock = _SleepRecorded()
     monkeypatch.setattr(worker_loop, "time", clock)
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         worker = Worker(queue, store, Limits(wait_seconds=0, max_batch_events=3), out=None)
         assert worker.run(until_empty=True) == 0
         written = store.counts()["envelopes"]
-    finally:
-        store.close()
-        queue.close()
     assert written == 1
     assert clock.asked == [1, 2, 4, 8, 16, 32, 60, 60, 1, 2]
     assert _records(caplog, logging.ERROR) == [
@@ -874,9 +854,8 @@ def test_a_bug_met_mid_group_counts_the_unwritten_messages_and_leaves_them_in_fl
     _fill(queue, messages=6, per_message=200, seed=1706)
     clock = _SleepStops()
     monkeypatch.setattr(worker_loop, "time", clock)
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         # One group of six (by the first guess of 100 events each), cut into transactions of three: the
         # first is written and deleted, then the bug; the backoff's sleep stops the worker.
         clock.worker = worker = Worker(
@@ -884,12 +863,7 @@ def test_a_bug_met_mid_group_counts_the_unwritten_messages_and_leaves_them_in_fl
         )
         assert worker.run() == 0
         written = store.counts()["envelopes"]
-    finally:
-        store.close()
-    try:
         depth = queue.depth()
-    finally:
-        queue.close()
     assert written == 3 and (depth.visible, depth.in_flight) == (0, 3), "the rest come back after their timeout"
     assert _records(caplog, logging.ERROR) == [
         "unexpected error; the 3 messages in hand come back after their visibility timeout"
@@ -970,14 +944,10 @@ class _StopsAfterEmptyPolls(LocalQueue):
 def test_by_default_the_worker_keeps_polling_an_empty_queue_until_stopped(tmp_path: Path) -> None:
     queue = _StopsAfterEmptyPolls(tmp_path / "queue.db")
     assert queue.send_all(_even_messages(2, 3)).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         queue.worker = worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
         assert worker.run() == 0
         written = store.counts()["envelopes"]
-    finally:
-        store.close()
-        queue.close()
     assert written == 2 and queue.empty_polls == queue.patience
 
 
@@ -1058,14 +1028,10 @@ def test_not_draining_an_idle_worker_long_polls_for_the_whole_wait(tmp_path: Pat
     queue = _StopsWhenEmpty(tmp_path / "queue.db")
     queue.journal = []
     assert queue.send_all(_even_messages(1, 3)).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         queue.worker = worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
         assert worker.run() == 0
         written = store.counts()["envelopes"]
-    finally:
-        store.close()
-        queue.close()
     # A long poll, a top-up that does not wait (and finds nothing), then a long poll again.
     assert written == 1 and queue.journal == [("receive", 20), ("receive", 0), ("receive", 20)]
 
@@ -1088,16 +1054,12 @@ def test_a_stop_signal_during_a_receive_that_does_not_long_poll_hands_back_what_
     queue = _SignalledAfterReceive(tmp_path / "queue.db")
     queue.signum = signal.SIGTERM
     assert queue.send_all(_even_messages(3, 3)).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
         worker.install_signal_handlers()
         assert worker.run() == 0
         written = store.counts()["envelopes"]
         depth = queue.depth()
-    finally:
-        store.close()
-        queue.close()
     assert written == 0 and (depth.visible, depth.in_flight) == (3, 0), "not left in flight until their timeout"
 
 
@@ -1106,15 +1068,11 @@ def test_a_stop_signal_during_a_drains_one_second_long_poll_ends_it_at_once(tmp_
     queue = _ReceiveSignalled(tmp_path / "queue.db")
     queue.signum = signal.SIGTERM
     assert queue.send_all(_even_messages(2, 3)).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
         worker.install_signal_handlers()
         assert worker.run(until_empty=True) == 0  # draining, a long poll waits at most a second
         depth = queue.depth()
-    finally:
-        store.close()
-        queue.close()
     assert queue.polled_on == 0, "the poll is broken into, not waited out"
     assert (depth.visible, depth.in_flight) == (2, 0)
 
@@ -1130,13 +1088,9 @@ def test_a_redelivered_message_is_told_with_its_id_and_receive_count_and_a_first
     assert sent.ok
     again = queue.receive(1, 0, 60)  # another worker took one and handed it back unwritten
     assert queue.change_visibility([m.receipt for m in again], 0) == []
-    store = Store.open(tmp_path / "firehose.db")
     caplog.set_level(logging.INFO, logger=WORKER_LOG)
-    try:
+    with _store_beside(queue, tmp_path) as store:
         assert Worker(queue, store, Limits(wait_seconds=0), out=None).run(until_empty=True) == 0
-    finally:
-        store.close()
-        queue.close()
     told = [r for r in caplog.records if r.name == WORKER_LOG and r.levelno == logging.INFO]
     redelivered = again[0].message_id
     assert [r.getMessage() for r in told] == [f"message {redelivered} redelivered (receive count 2)"]
@@ -1160,16 +1114,12 @@ def test_each_message_is_stored_with_the_time_it_was_received_and_checked_agains
     small, large = _even_messages(1, 1)[0], _even_messages(1, 50)[0]
     small_size = decode_batch([("m", small, 1)], 1 << 20, 0).decoded_bytes
     assert queue.send_all([small, large]).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         # The limit lets the one-event message through and rejects the fifty-event one, undecoded.
         limits = Limits(wait_seconds=0, max_decoded_bytes=small_size + 200)
         assert Worker(queue, store, limits, out=None).run(until_empty=True) == 0
         counts = store.counts()
         times = {row[0] for row in store.db.execute("SELECT received_at FROM envelopes")}
-    finally:
-        store.close()
-        queue.close()
     assert (counts["envelopes"], counts["events"], counts["rejects"]) == (2, 1, 1)
     assert times == {received_at}
 
@@ -1224,14 +1174,10 @@ def test_observers_are_told_each_transactions_messages_rows_stats_and_time_and_t
     assert result.ok
     sent = result.message_ids
     told = _Told()
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         # One group of six (by the first guess of 100 events each), cut into transactions of three.
         worker = Worker(queue, store, Limits(wait_seconds=0, max_batch_events=600), out=None, observers=[told])
         assert worker.run(until_empty=True) == 0
-    finally:
-        store.close()
-        queue.close()
     assert told.batches == [(sent[:3], 3, 600, 0.25), (sent[3:], 3, 600, 0.25)]
     assert told.final_messages == 6
 
@@ -1284,15 +1230,11 @@ def test_a_failed_top_up_receive_writes_and_deletes_what_the_group_already_holds
     caplog.set_level(logging.WARNING)
     queue = _TopUpRefused(tmp_path / "queue.db")
     assert queue.send_all(_even_messages(3, 2)).ok
-    store = Store.open(tmp_path / "firehose.db")
-    try:
+    with _store_beside(queue, tmp_path) as store:
         worker = Worker(queue, store, Limits(wait_seconds=0, visibility_timeout=60), out=None)
         queue.stop = worker.request_stop
         assert worker.run(until_empty=True) == 0
         written = store.counts()["envelopes"]
         depth = queue.depth()
-    finally:
-        store.close()
-        queue.close()
     assert written == 3 and (depth.visible, depth.in_flight) == (0, 0)
     assert "could not receive more (connection reset); writing the 1 messages in hand" in caplog.text

@@ -155,6 +155,16 @@ _MORE_AGAIN = (
     "a wrong True at the end: the next call answers False at once (`if self._finished`), so the caller loops once more"
 )
 _IDLE_NONE = "`_idle = None`: `_idle` is read only as `if self._idle`, None as false"
+_SAME_LITERAL = "`1e+16` is the same float literal as `1e16`"
+_GZIP_LEVEL = (
+    "another gzip level: the same bytes inflate from either, and `_pack` measures the message it made against "
+    "both limits, so only a message's size and the time to make it differ (6 is the speed chosen)"
+)
+_AFTER_NUMBER = (
+    "a number followed, at the window's end, by '.', 'e' or 'E' and two more characters, or by 'X', is no "
+    "valid number's start: reading one piece more ends in the same error, and the stream in `whole()`"
+)
+_WINDOW = "the window takes one piece more before parsing: the same values are parsed, from a longer text"
 EQUIVALENT: dict[str, str] = {
     "worker.loop.xǁObserverǁsampled__mutmut_1": (
         "the default of a `Protocol` method's stub: the stub never runs, and each observer defines its own"
@@ -227,7 +237,58 @@ EQUIVALENT: dict[str, str] = {
     "chalicelib.codec.x__inflated_text__mutmut_32": _STREAM_TEXT,
     "chalicelib.codec.xǁEventStreamǁ_more__mutmut_26": _MORE_AGAIN,
     "chalicelib.codec.xǁEventStreamǁ_more__mutmut_28": _MORE_AGAIN,
-    "chalicelib.codec.x__scan__mutmut_23": "`1e+16` is the same float literal as `1e16`",
+    "chalicelib.codec.x__scan__mutmut_23": _SAME_LITERAL,
+    "chalicelib.codec.x__same_with_orjson__mutmut_18": _SAME_LITERAL,
+    "chalicelib.codec.x__fast_dump__mutmut_3": _FAST_PATH_ONLY,
+    "chalicelib.codec.x__fast_dump__mutmut_4": _FAST_PATH_ONLY,
+    "chalicelib.codec.x__fast_dump__mutmut_5": (
+        "`type(event) is not dict`: a dict takes the standard library's path (the same bytes, slower), and any "
+        "other JSON value goes to orjson only when `_same_with_orjson` holds for it, which it answers for any "
+        "JSON value, so the bytes are json's either way"
+    ),
+    "chalicelib.codec.x__fast_dump__mutmut_6": _FAST_PATH_ONLY,
+    "chalicelib.codec.x__fast_dump__mutmut_7": _FAST_PATH_ONLY,
+    "chalicelib.codec.x_dump_event_text__mutmut_1": _FAST_PATH_ONLY,
+    "chalicelib.codec.x_dump_event_text__mutmut_2": _FAST_PATH_ONLY,
+    "chalicelib.codec.x_dump_event_text__mutmut_3": _FAST_PATH_ONLY,
+    "chalicelib.codec.x_dump_event_text__mutmut_7": _CODEC_NAME,
+    "chalicelib.codec.x__strip_transport__mutmut_9": _CODEC_NAME,
+    "chalicelib.codec.x__strip_transport__mutmut_31": _CODEC_NAME,
+    "chalicelib.codec.x__utf8_text__mutmut_3": _CODEC_NAME,
+    "chalicelib.codec.x__strip_transport__mutmut_39": (
+        "'X' added to the characters that may start a JSON scalar: a text starting with X is never JSON, so "
+        "`json.loads` fails and the body goes on to base64, as it did"
+    ),
+    "chalicelib.codec.x__tune_form__mutmut_7": _GZIP_LEVEL,
+    "chalicelib.codec.x__tune_form__mutmut_9": _GZIP_LEVEL,
+    "chalicelib.codec.x__unbase64__mutmut_9": (
+        "padding of `len % 4` instead of `-len % 4` differs only for a length of 3 mod 4 (`===` instead of `=`); "
+        "the strict decoder refuses that, and the lenient URL-safe one tried next ignores the excess padding, "
+        "giving the same bytes (a length of 1 mod 4 is invalid base64 either way)"
+    ),
+    "chalicelib.codec.x_read_body__mutmut_14": (
+        "one byte more read into the head: `len(head) > STREAM_MIN_BYTES` decides the same for every document, "
+        "and `_inflated_text` goes on from where the head ended, so the text is the same"
+    ),
+    "chalicelib.codec.x_read_body__mutmut_29": (
+        "`payload` is passed to `_inflated_text` only to be let go there (`del`); the inflater keeps what it "
+        "still needs (`unconsumed_tail`)"
+    ),
+    "chalicelib.codec.x_read_body__mutmut_41": (
+        "`>=`: a complete head of exactly `max_bytes` makes `inflate` run only to raise, and it raises nothing "
+        "for that input, so the same head is read"
+    ),
+    "chalicelib.codec.xǁEventStreamǁ_fields__mutmut_1": "`found = None`: read only as a truth value, None as false",
+    "chalicelib.codec.xǁEventStreamǁ_may_go_on__mutmut_9": _AFTER_NUMBER,
+    "chalicelib.codec.xǁEventStreamǁ_may_go_on__mutmut_11": _AFTER_NUMBER,
+    "chalicelib.codec.xǁEventStreamǁ_more__mutmut_4": _WINDOW,
+    "chalicelib.codec.xǁEventStreamǁ_more__mutmut_9": _WINDOW,
+    "chalicelib.codec.x__inflated_text__mutmut_20": (
+        "differs only when a call inflates nothing yet reaches the end after one that stopped with input left; "
+        "zlib stops early only when its output is full, and what follows the last output byte (end of block, "
+        "trailer) needs no output space, so that call already reached the end. The test over piece ends "
+        "(test_mutants_codec.py) finds no difference"
+    ),
     "chalicelib.codec.x__scan__mutmut_30": (
         "a field of the `_Scanned` returned when too deep: callers read only `.too_deep` then"
     ),

@@ -490,3 +490,177 @@ def test_a_body_depends_on_its_events_and_send_time_only(monkeypatch: pytest.Mon
     monkeypatch.setattr(time, "time", lambda: 1_900_000_000.0)
     assert pack_events(events, 10**6, control=CONTROL) == first
     assert decode_body(first[0].body).control["sent_at"] == 1_700_000_000
+    assert base64.b64decode(first[0].body)[4:8] == bytes(4), "gzip's MTIME field: 0, no time stamp"
+
+
+# -- every rejection says what was wrong, in its own words ----------------------------------------
+
+_DOC = json.dumps({"events": [{"action": "click", "n": i} for i in range(2000)]}).encode()
+_INT_LIMIT_TEXT = (
+    "Exceeds the limit (4300 digits) for integer string conversion: value has 5000 digits; "
+    "use sys.set_int_max_str_digits() to increase the limit"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        (b"", "body is empty"),
+        (" \n\t", "body is empty"),
+        ("héllo", "body is neither JSON, gzip nor base64 (it holds non-ASCII bytes)"),
+        ("abcde", "body is neither JSON, gzip nor valid base64"),
+        (base64.b64encode(b"hello").decode(), "base64 body does not hold gzip or JSON"),
+        (gzip.compress(_DOC)[:2000], "gzip data is truncated"),
+        ("[" * 100_000 + "]" * 100_000, "JSON is nested too deeply"),
+        ("[" + "1" * 5000 + "]", "invalid JSON: " + _INT_LIMIT_TEXT[:120]),
+        (
+            '{"' + "k" * 100 + '":1,"' + "k" * 100 + '":2}',
+            f"duplicate key {'k' * 80!r} in a JSON object (which value is meant is ambiguous)",
+        ),
+        (
+            '{"foo":1}',
+            "envelope holds no list of events (expected an 'events' list, a list, or an event with 'action')",
+        ),
+        ("true", "JSON must be an object or a list, got bool"),
+        ("false", "JSON must be an object or a list, got bool"),
+        ("null", "JSON must be an object or a list, got NoneType"),
+    ],
+    ids=[
+        "empty",
+        "blank",
+        "non-ascii",
+        "bad-base64",
+        "base64-of-text",
+        "truncated-gzip",
+        "deep",
+        "huge-int",
+        "duplicate-key",
+        "no-events",
+        "true",
+        "false",
+        "null",
+    ],
+)
+def test_each_rejection_says_what_is_wrong_with_the_body(body: str | bytes, said: str) -> None:
+    """Both readers, the whole one and the worker's (which reads large messages event by event)."""
+    with pytest.raises(CodecError) as whole:
+        decode_body(body)
+    assert str(whole.value) == said
+    with pytest.raises(CodecError) as read:
+        got = codec.read_body(body)
+        if isinstance(got, codec.EventStream):
+            list(got)
+            got.whole()
+    assert str(read.value) == str(whole.value)
+
+
+def test_corrupt_gzip_is_a_codec_error_saying_so_from_both_readers() -> None:
+    body = codec.GZIP_MAGIC + b"\x08junkjunk"
+    for read in (decode_body, codec.read_body):
+        with pytest.raises(CodecError, match=r"^gzip data is corrupt: Error -3 while decompressing data"):
+            read(body)
+
+
+@pytest.mark.parametrize("form", ["json", "base64-json"])
+def test_a_json_body_may_be_exactly_the_limit_and_one_byte_more_is_refused_saying_the_limit(form: str) -> None:
+    doc = json.dumps({"events": [{"action": "click", "n": 1}]}).encode()
+    body = doc if form == "json" else base64.b64encode(doc)
+    assert decode_body(body, len(doc)).events == [{"action": "click", "n": 1}]
+    with pytest.raises(codec.BodyTooLarge) as refused:
+        decode_body(body, len(doc) - 1)
+    assert str(refused.value) == f"JSON body exceeds the limit of {len(doc) - 1} bytes"
+
+
+@pytest.mark.parametrize(
+    "doc", [b'{"events":[{"action":"click"}]}', b' \n[{"action":"click"}]'], ids=["object", "list"]
+)
+def test_base64_of_plain_json_is_read_as_json(doc: bytes) -> None:
+    assert decode_body(base64.b64encode(doc)).events == [{"action": "click"}]
+
+
+def test_base64_without_its_padding_and_url_safe_base64_are_read() -> None:
+    for spaces in range(3):  # three lengths: once unpadded, one of them leaves len % 4 == 3
+        doc = b'[{"action":"click"}]' + b" " * spaces
+        assert decode_body(base64.b64encode(doc).rstrip(b"=")).events == [{"action": "click"}]
+    # Four characters of the URL-safe alphabet only ('_'): a lenient standard decoder would drop them
+    # and still find whole groups of four, decoding other bytes.
+    doc = b'[{"pad":"????????????"}]'
+    body = base64.urlsafe_b64encode(doc)
+    assert body.count(b"_") == 4 and b"-" not in body
+    assert decode_body(body).events == [{"pad": "?" * 12}]
+
+
+def test_a_float_the_stdlib_spells_differently_is_written_compact() -> None:
+    """Where orjson's spelling differs (1e20), the standard library writes the event: still compact."""
+    assert codec.dump_event_text({"a": 1e20, "b": [1, 2], "é": "ü"}) == '{"a":1e+20,"b":[1,2],"é":"ü"}'
+
+
+@pytest.mark.parametrize(
+    ("literal", "queued"),
+    [
+        ("1.50", "1.5"),  # short: a float gives its value back, spelt as Python spells it
+        ("0.10000000000000", "0.1"),  # 16 characters: still at most 15 significant digits
+        ("0.100000000000000", "0.100000000000000"),  # 17, and not Python's spelling: kept as sent
+        ("0.1000000000000001", "0.1000000000000001"),  # more digits than a float holds: kept as sent
+    ],
+)
+def test_a_float_literal_is_queued_as_sent_only_when_a_float_could_lose_it(literal: str, queued: str) -> None:
+    events = codec.parse_json(b'[{"action":"click","payout":%s}]' % literal.encode())
+    (packed,) = pack_events(events, 10**6)
+    text = gzip.decompress(base64.b64decode(packed.body)).decode()
+    assert f'"payout":{queued}}}' in text, text
+
+
+# -- which reader the worker gets: whole below STREAM_MIN_BYTES, event by event above --------------
+
+
+_HEAD, _TAIL = b'{"events":[{"action":"click","pad":"', b'"}],"producer":"t"}'
+
+
+def _doc_of_size(size: int) -> bytes:
+    """An envelope of exactly `size` bytes: one event, padded."""
+    return _HEAD + b"p" * (size - len(_HEAD) - len(_TAIL)) + _TAIL
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["json", "gzip"])
+def test_a_message_is_read_whole_up_to_stream_min_bytes_and_event_by_event_above(compressed: bool) -> None:
+    for size, streamed in [(1000, False), (codec.STREAM_MIN_BYTES, False), (codec.STREAM_MIN_BYTES + 1, True)]:
+        doc = _doc_of_size(size)
+        got = codec.read_body(gzip.compress(doc) if compressed else doc)
+        assert isinstance(got, codec.EventStream) is streamed, size
+        events = list(got) if isinstance(got, codec.EventStream) else got.events
+        assert events == [{"action": "click", "pad": "p" * (size - len(_HEAD) - len(_TAIL))}]
+        if isinstance(got, codec.EventStream):
+            assert (got.unusual, got.control) == (False, {"producer": "t"})
+
+
+def test_a_compressed_message_over_a_limit_below_stream_min_bytes_is_refused_at_once() -> None:
+    doc = _doc_of_size(codec.STREAM_MIN_BYTES + 10)
+    with pytest.raises(codec.BodyTooLarge, match=r"^decompressed body exceeds the limit of 1048576 bytes$"):
+        codec.read_body(gzip.compress(doc), codec.STREAM_MIN_BYTES)
+
+
+@pytest.mark.parametrize("lead", [b"", b" \n\t "], ids=["bare", "leading-whitespace"])
+@pytest.mark.parametrize("extra", [0, 1, 2, 3, 8, 1000])
+def test_a_large_message_is_read_event_by_event_to_its_end_wherever_its_pieces_end(lead: bytes, extra: int) -> None:
+    """Sizes around whole pieces of inflated text (the last piece may be empty, the gzip trailer
+    read alone), with and without whitespace before the envelope: read through, never `unusual`."""
+    size = codec.STREAM_MIN_BYTES + 1 + codec._PIECE_BYTES + extra - len(lead)
+    doc = lead + _doc_of_size(size)
+    stream = codec.read_body(gzip.compress(doc, compresslevel=1))
+    assert isinstance(stream, codec.EventStream)
+    assert [len(e["pad"]) for e in stream] == [size - len(_HEAD) - len(_TAIL)]
+    assert (stream.unusual, stream.count, stream.control) == (False, 1, {"producer": "t"})
+
+
+def test_a_large_plain_json_message_read_whole_again_keeps_the_limit_it_was_read_with() -> None:
+    """A limit set above the default (MAX_DECODED_BYTES) holds for the second, whole reading too: a
+    single event (a shape read only whole) of the default limit plus one byte is read, not refused."""
+    size = codec.DEFAULT_MAX_DECODED_BYTES + 1
+    head, tail = b'{"action":"click","pad":"', b'"}'
+    doc = head + b"p" * (size - len(head) - len(tail)) + tail
+    stream = codec.read_body(doc, 2 * codec.DEFAULT_MAX_DECODED_BYTES)
+    assert isinstance(stream, codec.EventStream)
+    assert list(stream) == [] and stream.unusual
+    (event,) = stream.whole().events
+    assert len(event["pad"]) == size - len(head) - len(tail)

@@ -118,6 +118,10 @@ def test_a_stop_during_one_at_a_time_writes_gives_up_waiting_and_names_what_stay
         f"message {refused} cannot be written (receive count 1); it stays on the queue and moves to the "
         "dead-letter queue after maxReceiveCount receives: ValueError('no room for this one')",
     ]
+    failed = next(r for r in caplog.records if r.getMessage().startswith("a transaction of 3"))
+    assert failed.exc_info is not None and repr(failed.exc_info[1]) == "ValueError('no room for this one')", (
+        "the operator is shown what failed the transaction"
+    )
 
 
 class _CannotHandBack(LocalQueue):
@@ -1237,4 +1241,6 @@ def test_a_failed_top_up_receive_writes_and_deletes_what_the_group_already_holds
         written = store.counts()["envelopes"]
         depth = queue.depth()
     assert written == 3 and (depth.visible, depth.in_flight) == (0, 0)
-    assert "could not receive more (connection reset); writing the 1 messages in hand" in caplog.text
+    assert _records(caplog, logging.WARNING) == [
+        "could not receive more (connection reset); writing the 1 messages in hand"
+    ]

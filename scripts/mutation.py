@@ -180,6 +180,15 @@ EQUIVALENT: dict[str, str] = {
         "`'XXXX'` as the default backend is, like `''`, not a key of `DEPTH_INTERVAL_SECONDS`: 1.0 either way"
     ),
     "worker.loop.xǁWorkerǁ_sleep__mutmut_4": _IDLE_NONE,
+    "worker.loop.xǁWorkerǁ__init____mutmut_20": _IDLE_NONE,
+    "worker.loop.xǁWorkerǁ__init____mutmut_23": (
+        "`_last_progress = 1.0`: the first sample waits until `now - _last_progress >= 1`; the clock is "
+        "`time.monotonic` (seconds since boot), so 0.0 and 1.0 differ only while it reads under 2 s"
+    ),
+    "worker.loop.xǁWorkerǁ__init____mutmut_24": (
+        "the first `_last_depth` is never returned: `_depth` returns it only once `_depth_at` is set, which it "
+        "sets together with a fresh `_last_depth`"
+    ),
     "worker.loop.xǁ_PerMessageǁlearn__mutmut_22": (
         "`max(body_bytes, 2)` differs only for bodies totalling 0 or 1 byte; such a body is never base64(gzip) and "
         "becomes a reject whose decoded bytes are its length (at most 1), so the ratio is at most 1 either way and "

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
 import threading
@@ -40,6 +41,7 @@ from db.errors import DatabaseFault
 from db.store import Store, WriteStats
 from tests.faultkit import pack
 from tests.kit import tune_message
+from worker import decoders as worker_decoders
 from worker import loop as worker_loop
 from worker.decoders import InlineDecoder, decode_batch
 from worker.loop import Heartbeat, Limits, Totals, Worker
@@ -1244,3 +1246,61 @@ def test_a_failed_top_up_receive_writes_and_deletes_what_the_group_already_holds
     assert _records(caplog, logging.WARNING) == [
         "could not receive more (connection reset); writing the 1 messages in hand"
     ]
+
+
+@pytest.mark.parametrize(
+    ("decoder", "decoded_first"),
+    [(InlineDecoder(), True), (_OverlappingInline(), False)],
+    ids=["inline", "overlapping"],
+)
+def test_a_transactions_messages_are_decoded_before_it_begins_unless_the_decoder_overlaps(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, decoder: InlineDecoder, decoded_first: bool
+) -> None:
+    """Decoding here, outside the transaction, keeps the write lock for the inserts only; a decoder
+    that works beside the worker hands each part to the store as it comes (docs/worker.md)."""
+    journal: list[str] = []
+    decode = worker_decoders.decode_message
+
+    def decode_message(*args: object, **kwargs: object) -> object:
+        journal.append("decode")
+        return decode(*args, **kwargs)  # type: ignore[arg-type]
+
+    class Journalled(Store):
+        def write(self, batch: Rows | Incoming, give_up: Callable[[], bool] = lambda: False) -> WriteStats:
+            journal.append("write")
+            return super().write(batch, give_up)
+
+    monkeypatch.setattr(worker_decoders, "decode_message", decode_message)
+    queue = LocalQueue(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(3, 2)).ok
+    store = Journalled.open(tmp_path / "firehose.db")
+    try:
+        worker = Worker(queue, store, Limits(wait_seconds=0), out=None, decoder=decoder)
+        assert worker.run(until_empty=True) == 0
+        assert store.counts()["envelopes"] == 3
+    finally:
+        store.close()
+        queue.close()
+    # Overlapping, the first message is decoded to learn that a transaction is due, the rest during it.
+    assert journal == (["decode"] * 3 + ["write"] if decoded_first else ["decode", "write", "decode", "decode"])
+
+
+def test_the_worker_writes_its_progress_line_to_the_stream_it_is_given(tmp_path: Path) -> None:
+    queue = LocalQueue(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(3, 2)).ok
+    out = io.StringIO()
+    with _store_beside(queue, tmp_path) as store:
+        assert Worker(queue, store, Limits(wait_seconds=0), out=out).run(until_empty=True) == 0
+    last = out.getvalue().splitlines()[-1]
+    assert last.startswith("done: ") and "| messages 3 | events 6 | duplicates 0 |" in last, last
+
+
+def test_a_stop_asked_for_before_the_run_starts_ends_it_at_once_raising_nothing(tmp_path: Path) -> None:
+    queue = LocalQueue(tmp_path / "queue.db")
+    assert queue.send_all(_even_messages(2, 2)).ok
+    with _store_beside(queue, tmp_path) as store:
+        worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
+        worker.request_stop()  # as a SIGTERM during start-up, before the first receive
+        assert worker.run() == 0
+        written, depth = store.counts()["envelopes"], queue.depth()
+    assert written == 0 and (depth.visible, depth.in_flight) == (2, 0)

@@ -17,6 +17,7 @@ they do (docs/mutation.md).
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -174,3 +175,49 @@ def test_opening_a_locked_database_waits_until_told_to_give_up(
         f"database {path} is locked by another process (attempt 1); waiting to migrate it (SIGTERM or "
         "Ctrl-C stops waiting)"
     ]
+
+
+def test_the_store_reads_the_newest_event_time_and_a_failed_read_is_a_fault_naming_the_database(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "firehose.db"
+    store = Store.open(path)
+    try:
+        store.write(_rows(20, 1803))
+        assert store.newest_event_time(NOW) == newest_event_time(store.db, NOW) is not None
+        newest = store.newest_event_time(10**12)
+        assert newest == store.db.execute("SELECT max(event_time) FROM events").fetchone()[0]
+    finally:
+        store.close()
+    with pytest.raises(DatabaseFault) as fault:
+        store.newest_event_time(NOW)
+    assert str(fault.value) == f"cannot read {path}: Cannot operate on a closed database."
+
+
+class _ReadOnlyFs:
+    f_flag = os.ST_RDONLY
+
+
+@pytest.mark.parametrize("why", ["read-only file system", "statvfs fails", "directory", "file"])
+def test_a_database_that_cannot_be_opened_is_told_why_when_the_system_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """The hint after SQLite's vague message, for each reason the system can give (faked here: as
+    root, file modes never refuse; tests/test_faults_db.py makes a real read-only file system)."""
+    path = tmp_path / "firehose.db"
+    path.mkdir()  # a directory: SQLite cannot open it, for any user
+    if why == "read-only file system":
+        monkeypatch.setattr(os, "statvfs", lambda _: _ReadOnlyFs())
+        hint = f" (the file system holding {tmp_path} is mounted read-only)"
+    elif why == "statvfs fails":
+        monkeypatch.setattr(os, "statvfs", lambda _: (_ for _ in ()).throw(OSError("no")))
+        hint = ""
+    elif why == "directory":
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != tmp_path)
+        hint = f" (the directory {tmp_path} is not writable)"
+    else:
+        monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != path)
+        hint = " (the file is read-only)"
+    with pytest.raises(DatabaseFault) as fault:
+        Store.open(path)
+    assert str(fault.value) == f"cannot open database {path}: unable to open database file{hint}"

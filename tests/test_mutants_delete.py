@@ -176,7 +176,7 @@ def test_a_receive_by_default_takes_ten_hidden_for_thirty_seconds(tmp_path: Path
 
 
 @pytest.mark.parametrize("asked", [0, 11])
-def test_a_receive_of_more_than_ten_or_none_is_refused_as_on_sqs(tmp_path: Path, asked: int) -> None:
+def test_a_receive_of_more_than_ten_or_none_is_refused(tmp_path: Path, asked: int) -> None:
     queue = LocalQueue(tmp_path / "queue.db")
     try:
         with pytest.raises(ValueError) as refused:
@@ -230,7 +230,7 @@ def test_a_send_refuses_only_the_bodies_it_cannot_take_and_says_why(tmp_path: Pa
         queue.close()
 
 
-def test_each_message_keeps_the_md5_of_its_body_as_sqs_does(tmp_path: Path) -> None:
+def test_each_message_keeps_the_md5_of_its_body(tmp_path: Path) -> None:
     queue = LocalQueue(tmp_path / "queue.db")
     queue.send_all(["héllo"])
     queue.close()

@@ -70,6 +70,15 @@ def _store_beside(queue: LocalQueue, tmp_path: Path) -> Iterator[Store]:
         queue.close()
 
 
+def _run_stoppable(queue: LocalQueue, tmp_path: Path, limits: Limits) -> tuple[int, Depth]:
+    """A run with the worker's signal handlers in place: what it wrote, and the queue it left."""
+    with _store_beside(queue, tmp_path) as store:
+        worker = Worker(queue, store, limits, out=None)
+        worker.install_signal_handlers()
+        assert worker.run() == 0
+        return store.counts()["envelopes"], queue.depth()
+
+
 def _records(caplog: pytest.LogCaptureFixture, level: int) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == WORKER_LOG and r.levelno == level]
 
@@ -267,9 +276,7 @@ class _Cuts(Store):
 
 @pytest.mark.parametrize("limit", ["events", "bytes"])
 def test_a_transaction_holds_all_that_fits_its_limits_exactly_and_no_more(tmp_path: Path, limit: str) -> None:
-    queue = LocalQueue(tmp_path / "queue.db")
     bodies = _even_messages(9, 50)
-    assert queue.send_all(bodies).ok
     one_message = decode_batch([("m", bodies[0], 1)], 1 << 20, 0).decoded_bytes
     if limit == "events":
         # The first group is sized by the first guess (100 events a message): three messages. The next
@@ -279,14 +286,7 @@ def test_a_transaction_holds_all_that_fits_its_limits_exactly_and_no_more(tmp_pa
         # One group of nine; a transaction holds exactly four messages' decoded bytes.
         limits = Limits(wait_seconds=0, max_batch_bytes=4 * one_message)
         expected = [(4, 200), (4, 200), (1, 50)]
-    store = _Cuts.open(tmp_path / "firehose.db")
-    store.cuts = []
-    try:
-        assert Worker(queue, store, limits, out=None).run(until_empty=True) == 0
-    finally:
-        store.close()
-        queue.close()
-    assert store.cuts == expected
+    assert _drain_recording(tmp_path, bodies, limits)[1] == expected
 
 
 class _DepthUnknownOnce(LocalQueue):
@@ -512,12 +512,7 @@ def test_a_stop_signal_during_an_idle_long_poll_ends_it_at_once(tmp_path: Path, 
     queue = _ReceiveSignalled(tmp_path / "queue.db")
     queue.signum = signum
     assert queue.send_all(_even_messages(2, 3)).ok
-    with _store_beside(queue, tmp_path) as store:
-        worker = Worker(queue, store, Limits(wait_seconds=20), out=None)
-        worker.install_signal_handlers()
-        assert worker.run() == 0
-        written = store.counts()["envelopes"]
-        depth = queue.depth()
+    written, depth = _run_stoppable(queue, tmp_path, Limits(wait_seconds=20))
     assert queue.polled_on == 0, "the poll is broken into, not waited out"
     assert written == 0 and (depth.visible, depth.in_flight) == (2, 0), "nothing was received"
 
@@ -1060,12 +1055,7 @@ def test_a_stop_signal_during_a_receive_that_does_not_long_poll_hands_back_what_
     queue = _SignalledAfterReceive(tmp_path / "queue.db")
     queue.signum = signal.SIGTERM
     assert queue.send_all(_even_messages(3, 3)).ok
-    with _store_beside(queue, tmp_path) as store:
-        worker = Worker(queue, store, Limits(wait_seconds=0), out=None)
-        worker.install_signal_handlers()
-        assert worker.run() == 0
-        written = store.counts()["envelopes"]
-        depth = queue.depth()
+    written, depth = _run_stoppable(queue, tmp_path, Limits(wait_seconds=0))
     assert written == 0 and (depth.visible, depth.in_flight) == (3, 0), "not left in flight until their timeout"
 
 

@@ -65,6 +65,13 @@ def make_sqs_queue(client: Any, name: str, max_receive_count: int = 5) -> tuple[
     return url, dlq
 
 
+def set_max_receive_count(client: Any, url: str, count: int) -> None:
+    """The queue at `url` moves a message to its dead-letter queue after `count` receives."""
+    arn = client.get_queue_attributes(QueueUrl=dlq_url(client, url), AttributeNames=["QueueArn"])["Attributes"]
+    policy = json.dumps({"deadLetterTargetArn": arn["QueueArn"], "maxReceiveCount": str(count)})
+    client.set_queue_attributes(QueueUrl=url, Attributes={"RedrivePolicy": policy})
+
+
 def dlq_url(client: Any, url: str) -> str:
     """The URL of NAME-dlq, the dead-letter queue `make_sqs_queue` made for the queue at `url`."""
     return client.get_queue_url(QueueName=url.rsplit("/", 1)[1] + "-dlq")["QueueUrl"]

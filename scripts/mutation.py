@@ -525,14 +525,13 @@ def run_modules(run: Path, modules: list[str], max_children: int) -> None:
             run_mutmut(work, max_children, [module.removesuffix(".py").replace("/", ".") + ".*"])
             continue
         refresh_tests(work)
-        names = [m.name for m in collect(run, [module], with_diffs=False) if m.code not in KILLED | TIMEOUT]
-        equivalent = {m.name for m in collect(run, [module]) if m.status == "equivalent"} if names else set()
-        names = [n for n in names if n not in equivalent]  # no test can kill them; each costs a full run
+        # Neither killed nor argued equivalent (no test can kill those; each would cost a full run).
+        names = [m.name for m in collect(run, [module]) if m.code not in KILLED | TIMEOUT and m.status != "equivalent"]
         if names:
             run_mutmut(work, max_children, names)
 
 
-def collect(run: Path, modules: list[str], with_diffs: bool = True) -> list[Mutant]:
+def collect(run: Path, modules: list[str]) -> list[Mutant]:
     """Read mutmut's results from each module's copy, with each mutant's line in the original file
     and, for those not killed, the mutation."""
     found: list[Mutant] = []
@@ -544,7 +543,7 @@ def collect(run: Path, modules: list[str], with_diffs: bool = True) -> list[Muta
         codes: dict[str, int | None] = json.loads(meta_path.read_text())["exit_code_by_key"]
         source = (work / module).read_text()
         starts = _function_starts(source)
-        diffs = _diffs(work, [name for name, code in codes.items() if code not in KILLED]) if with_diffs else {}
+        diffs = _diffs(work, [name for name, code in codes.items() if code not in KILLED])
         for name, code in sorted(codes.items(), key=lambda kv: _sort_key(kv[0])):
             diff = diffs.get(name, "")
             found.append(Mutant(name, module, code, _line_of(name, diff, starts), diff))

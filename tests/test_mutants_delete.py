@@ -240,11 +240,16 @@ def test_each_message_keeps_the_md5_of_its_body(tmp_path: Path) -> None:
     assert md5 == hashlib.md5("héllo".encode(), usedforsecurity=False).hexdigest()
 
 
+def _not_a_database(tmp_path: Path) -> Path:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database, just long enough to have a header " * 4)
+    return text
+
+
 def test_a_file_that_is_not_a_queue_or_is_locked_is_refused_naming_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    text = tmp_path / "notes.txt"
-    text.write_text("not a database, just long enough to have a header " * 4)
+    text = _not_a_database(tmp_path)
     with pytest.raises(NotAQueue) as refused:
         LocalQueue(text)
     assert str(refused.value) == f"{text} cannot be a local queue file: file is not a database"
@@ -301,8 +306,7 @@ def test_a_queue_opened_for_looking_only_writes_nothing_and_says_what_it_cannot_
     with pytest.raises(NotAQueue):
         LocalQueue(missing, readonly=True)
     assert not missing.exists(), "looking creates nothing"
-    text = tmp_path / "notes.txt"
-    text.write_text("not a database, just long enough to have a header " * 4)
+    text = _not_a_database(tmp_path)
     with pytest.raises(NotAQueue) as refused_text:
         LocalQueue(text, readonly=True)
     assert str(refused_text.value) == f"{text} cannot be a local queue file: file is not a database"

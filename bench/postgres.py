@@ -2,9 +2,13 @@
 
 - one worker draining a local queue file into PostgreSQL: events/s, and its ratio to a COPY
   ceiling: the same rows, prebuilt, duplicates removed beforehand, COPY straight into the same
-  schema, one transaction per batch of the worker's largest size (5,000 events);
+  schema, one transaction per batch of the worker's largest size (5,000 events), into REPEATS
+  new databases, the median kept (every run, here and below, on a new database after a CHECKPOINT);
 - 1, 2 and 4 worker processes on one queue and one database: events/s over the wall-clock span
-  from the first one's start to the last one's end;
+  from the first one's start to the last one's end, each count run REPEATS times in turn (1, 2, 4,
+  1, 2, 4, ...) and its median kept. Each decodes as docs/scaling-out.md advises: with a helper
+  process (`auto`) while the workers are fewer than the CPUs, `--decode inline` once they are as
+  many or more. Two and four workers with helpers are measured too, for comparison;
 - the SQLite worker on the same queue (bench/drain.py), for comparison;
 - the peak RSS of a PostgreSQL worker (its process plus its decoding helper's).
 
@@ -13,7 +17,7 @@
 It starts its own throwaway server (tests/pg.py) with PostgreSQL's durable defaults (fsync and
 synchronous_commit on), on this machine, so client and server share its cores. A worker here is
 `bench.postgres --drain`: the real `Worker` and `PostgresStore` on a local queue file, in its own
-process, started with the worker's default decoder (a helper process on a multi-core machine).
+process.
 """
 
 from __future__ import annotations
@@ -25,14 +29,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from bench import baselines
 from bench.data import copy_queue, fill_queues
+from worker.decoders import DECODE_CHOICES, usable_cpus
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 MESSAGES_PER_BATCH = 50  # 100 events a message: the worker's largest batch, 5,000 events
+REPEATS = 3  # a drain of 50,000 events takes about 2 s: one run alone swings by a fifth
 # Durable, as production is; tests/pg.py's test settings turn fsync off.
 SERVER_SETTINGS = {"max_connections": "50", "shared_buffers": "128MB"}
 
@@ -87,14 +95,22 @@ def _result(proc: subprocess.Popen[str]) -> dict[str, Any]:
     return dict(json.loads(out.strip().splitlines()[-1]))
 
 
-def workers(queue_path: Path, url: str, count: int) -> dict[str, Any]:
+def advised_decode(count: int) -> str:
+    """How docs/scaling-out.md says to run `count` workers on one host: a helper process each
+    while there is a CPU to spare for it, else inline (a helper's rows cross a pipe, which costs
+    CPU that only pays on an idle core)."""
+    return "auto" if count < usable_cpus() else "inline"
+
+
+def workers(queue_path: Path, url: str, count: int, decode: str) -> dict[str, Any]:
     """`count` worker processes on one queue and one database, started together."""
-    procs = [_spawn("bench.postgres", "--drain", str(queue_path), url) for _ in range(count)]
+    procs = [_spawn("bench.postgres", "--drain", str(queue_path), url, "--decode", decode) for _ in range(count)]
     each = [_result(p) for p in procs]
     span = max(r["finished"] for r in each) - min(r["started"] for r in each)
     events = sum(r["events"] for r in each)
     return {
         "workers": count,
+        "decode": decode,
         "seconds": span,
         "events": events,
         "events_per_second": events / span,
@@ -103,28 +119,28 @@ def workers(queue_path: Path, url: str, count: int) -> dict[str, Any]:
     }
 
 
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the median events/s (the lower middle of an even count), with every run's figure."""
+    ranked = sorted(runs, key=lambda r: r["events_per_second"])
+    return {**ranked[(len(ranked) - 1) // 2], "runs": [r["events_per_second"] for r in runs]}
+
+
 # -- the COPY ceiling --------------------------------------------------------------------------
 
 
-def copy_ceiling(queue_path: Path, url: str) -> dict[str, Any]:
+def copy_ceiling(
+    queue_path: Path, repeats: int, in_database: Callable[[Callable[[str], float]], float]
+) -> dict[str, Any]:
     """The worker's rows, prebuilt and deduplicated (untimed), COPY into the tables: one
-    transaction per batch of the worker's size. Timed: BEGIN, the four COPYs, COMMIT."""
-    from psycopg import sql
-
-    from db.batch import EVENT_COLUMNS
-    from db.postgres.store import TABLES, PostgresStore
+    transaction per batch of the worker's size. Timed: BEGIN, the four COPYs, COMMIT. `repeats`
+    times, each into a database `in_database` gives; the median run is kept."""
+    from db.postgres.store import TABLES
     from worker.rows import empty_as_none
 
-    EVENT_TIME = EVENT_COLUMNS.index("event_time")
-
-    batches = baselines.prebuilt(queue_path, MESSAGES_PER_BATCH)
-    store = PostgresStore.open(url)
-    conn = store.conn
     seen: list[set[Any]] = [set() for _ in TABLES]
     prepared: list[list[list[tuple[Any, ...]]]] = []
-    months: set[int] = set()
     offered = 0
-    for b in batches:
+    for b in baselines.prebuilt(queue_path, MESSAGES_PER_BATCH):
         tables = []
         for i, (table, rows) in enumerate(zip(TABLES, (b.events, b.adjustments, b.envelopes, b.rejects), strict=True)):
             key_at = [table.columns.index(k) for k in table.key]
@@ -136,8 +152,22 @@ def copy_ceiling(queue_path: Path, url: str) -> dict[str, Any]:
                     kept.append(row)
             tables.append(kept)
         offered += len(b.events) + len(b.adjustments) + len(b.rejects)
-        months |= store.partitions.missing(row[EVENT_TIME] for row in tables[0])
         prepared.append(tables)
+    times = [in_database(lambda url: _copy_into(url, prepared)) for _ in range(repeats)]
+    return median_run([{"events": offered, "seconds": t, "events_per_second": offered / t} for t in times])
+
+
+def _copy_into(url: str, prepared: list[list[list[tuple[Any, ...]]]]) -> float:
+    """Seconds spent copying the prepared batches, each in its own transaction."""
+    from psycopg import sql
+
+    from db.batch import EVENT_COLUMNS
+    from db.postgres.store import TABLES, PostgresStore
+
+    event_time = EVENT_COLUMNS.index("event_time")
+    store = PostgresStore.open(url)
+    conn = store.conn
+    months = store.partitions.missing(row[event_time] for tables in prepared for row in tables[0])
     with conn.transaction():
         store.partitions.add(store.partitions.create(conn, months))
     copies = [
@@ -157,52 +187,90 @@ def copy_ceiling(queue_path: Path, url: str) -> dict[str, Any]:
                             copy.write_row(row)
         seconds += time.perf_counter() - started
     store.close()
-    return {"seconds": seconds, "events": offered, "events_per_second": offered / seconds}
+    return seconds
 
 
 # -- the run -----------------------------------------------------------------------------------
 
 
-def measure(events: int, work: Path) -> dict[str, Any]:
+# (name, workers, decoder); the advised ones first, the helpers' for comparison after them.
+CONFIGURATIONS = [(f"workers_{n}", n, advised_decode(n)) for n in (1, 2, 4)] + [
+    (f"workers_{n}_helpers", n, "process") for n in (2, 4) if advised_decode(n) != "auto"
+]
+
+
+def measure(events: int, work: Path, repeats: int = REPEATS) -> dict[str, Any]:
     from tests.pg import PgCluster
 
     work.mkdir(parents=True, exist_ok=True)
     source = work / "queue.db"
     fill_queues({events: source})
-    results: dict[str, Any] = {"events": events}
+    results: dict[str, Any] = {"events": events, "cpus": usable_cpus(), "repeats": repeats}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in CONFIGURATIONS}
     with PgCluster.started(SERVER_SETTINGS) as cluster:
         results["server"] = "PostgreSQL on 127.0.0.1, this machine; fsync on, synchronous_commit on"
-        results["copy_ceiling"] = copy_ceiling(source, cluster.create_database())
-        for count in (1, 2, 4):
-            queue = copy_queue(source, work / f"queue-{count}.db")
-            results[f"workers_{count}"] = workers(queue, cluster.create_database(), count)
+        results["copy_ceiling"] = copy_ceiling(source, repeats, lambda run: in_fresh_database(cluster, run))
+        for _ in range(repeats):
+            for name, count, decode in CONFIGURATIONS:
+                queue = copy_queue(source, work / f"{name}.db")
+                runs[name].append(in_fresh_database(cluster, lambda url: workers(queue, url, count, decode)))  # noqa: B023 - called at once
+    results.update({name: median_run(each) for name, each in runs.items()})
     sqlite_queue = copy_queue(source, work / "queue-sqlite.db")
     sqlite = _result(_spawn("bench.drain", str(sqlite_queue), str(work / "sqlite.db")))
     results["sqlite_worker"] = {**sqlite, "events_per_second": sqlite["events"] / sqlite["seconds"]}
     one = results["workers_1"]["events_per_second"]
     results["ratio_to_copy_ceiling"] = one / results["copy_ceiling"]["events_per_second"]
-    results["scaling_2_over_1"] = results["workers_2"]["events_per_second"] / one
-    results["scaling_4_over_1"] = results["workers_4"]["events_per_second"] / one
+    for name, _, _ in CONFIGURATIONS[1:]:
+        results[scaling_key(name)] = results[name]["events_per_second"] / one
     return results
+
+
+def in_fresh_database(cluster: Any, run: Callable[[str], T]) -> T:
+    """`run(url)` on a new database, dropped afterwards, after a CHECKPOINT: every run starts from
+    the same server, not one holding the earlier runs' databases, nor with a checkpoint that their
+    writes made due landing in the middle of it (a run of 200,000 events writes ~1 GB of WAL)."""
+    import psycopg
+    from psycopg import sql
+    from psycopg.conninfo import conninfo_to_dict
+
+    url = cluster.create_database()
+    with psycopg.connect(cluster.url(), autocommit=True) as admin:
+        admin.execute("CHECKPOINT")
+        try:
+            return run(url)
+        finally:
+            name = str(conninfo_to_dict(url)["dbname"])
+            admin.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(name)))
+
+
+def scaling_key(name: str) -> str:
+    """workers_2 -> scaling_2_over_1, workers_2_helpers -> scaling_2_helpers_over_1."""
+    return f"scaling_{name.removeprefix('workers_')}_over_1"
 
 
 def render(r: dict[str, Any]) -> str:
     lines = [
-        f"PostgreSQL store, {r['events']:,} events ({r['server']})",
+        f"PostgreSQL store, {r['events']:,} events ({r['server']}); {r['cpus']} CPUs; "
+        f"workers: the median of {r['repeats']} runs each",
         f"  COPY ceiling (rows prebuilt, deduplicated): {r['copy_ceiling']['events_per_second']:>10,.0f} events/s",
     ]
-    for n in (1, 2, 4):
-        w = r[f"workers_{n}"]
+    for name, count, decode in CONFIGURATIONS:
+        w = r[name]
+        label = f"{count} worker process(es), --decode {decode}:"
+        runs = ", ".join(f"{x:,.0f}" for x in w["runs"])
         lines.append(
-            f"  {n} worker process(es), one database:        {w['events_per_second']:>10,.0f} events/s "
-            f"(peak RSS per worker {w['peak_rss_mb']:.0f} MB, retried writes {w['retried']})"
+            f"  {label:<44}{w['events_per_second']:>10,.0f} events/s "
+            f"[{runs}] (peak RSS per worker {w['peak_rss_mb']:.0f} MB, retried writes {w['retried']})"
         )
     s = r["sqlite_worker"]
+    ratios = "; ".join(
+        f"{count} workers{' with helpers' if decode == 'process' else ''} / 1: {r[scaling_key(name)]:.2f}"
+        for name, count, decode in CONFIGURATIONS[1:]
+    )
     lines += [
         f"  SQLite worker, same queue:                  {s['events_per_second']:>10,.0f} events/s "
         f"(peak RSS {s['peak_rss_mb']:.0f} MB)",
-        f"  one worker / COPY ceiling: {r['ratio_to_copy_ceiling']:.2f}; "
-        f"2 workers / 1: {r['scaling_2_over_1']:.2f}; 4 workers / 1: {r['scaling_4_over_1']:.2f}",
+        f"  one worker / COPY ceiling: {r['ratio_to_copy_ceiling']:.2f}; {ratios}",
     ]
     return "\n".join(lines)
 
@@ -217,8 +285,10 @@ def section(r: dict[str, Any] | None) -> str:
 
 {r["server"]}; the same generated stream of {r["events"]:,} events for every figure below.
 Targets: one worker ≥ 0.5 of the COPY ceiling (**{ratio:.2f}**, {"met" if ratio >= 0.5 else "not met"});
-on 2 cores, 2 workers ≥ 1.3× one (**{two:.2f}×**, {"met" if two >= 1.3 else "not met"}). Client and
-server share this machine's cores, so more workers also take CPU from the server.
+on 2 cores, 2 workers ≥ 1.3× one (**{two:.2f}×**, {"met" if two >= 1.3 else "not met"}), each count
+decoding as docs/scaling-out.md advises (a helper process each only while the workers are fewer
+than the CPUs). Client and server share this machine's cores, so more workers also take CPU from
+the server.
 
 ```
 {render(r)}
@@ -230,14 +300,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--repeats", type=int, default=REPEATS, help="runs of each worker count (the median is kept)")
     parser.add_argument("--drain", nargs=2, metavar=("QUEUE", "URL"), help=argparse.SUPPRESS)
+    parser.add_argument("--decode", choices=DECODE_CHOICES, default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.drain:
-        json.dump(drain(*args.drain), sys.stdout)
+        queue, url = args.drain
+        json.dump(drain(queue, url, args.decode), sys.stdout)
         sys.stdout.write("\n")
         return
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as work:
-        results = measure(args.events, Path(work))
+        results = measure(args.events, Path(work), args.repeats)
     print(render(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -116,7 +116,8 @@ def cli() -> None:
     default="auto",
     show_default=True,
     help="decode the next batch in a helper process while this one is written (process), or in the worker "
-    "itself (inline); auto: process when the machine has more than one CPU",
+    "itself (inline); auto: process when this process may run on more than one CPU; with as many workers "
+    "on the host as CPUs, inline is faster",
 )
 @click.option("--quiet", is_flag=True, help="no progress line")
 @log_format_option

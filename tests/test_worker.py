@@ -232,6 +232,28 @@ def test_helper_processes_do_not_outlive_a_killed_worker(tmp_path: Path) -> None
         proc.kill()
 
 
+def _auto_decoder_on(cpus: set[int]) -> str:
+    """The decoder `--decode auto` makes in a process allowed to run on these CPUs only."""
+    script = (
+        "import os, sys; os.sched_setaffinity(0, set(map(int, sys.argv[1:])));"
+        "from worker.decoders import make_decoder; d = make_decoder('auto'); print(type(d).__name__); d.close()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, *map(str, cpus)], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+def test_auto_decodes_in_a_helper_only_with_a_second_cpu_to_run_it_on() -> None:
+    # The CPUs a process may use (a container's cpuset, `taskset`), not the machine's count: on one
+    # CPU a helper only adds the cost of sending rows across its pipe (docs/operating.md).
+    allowed = os.sched_getaffinity(0)
+    assert len(allowed) > 1, "this test needs a machine with two CPUs"
+    assert _auto_decoder_on(allowed) == "ProcessDecoder"
+    assert _auto_decoder_on({min(allowed)}) == "InlineDecoder"
+
+
 def test_worker_cli_until_empty_and_sigterm(tmp_path: Path) -> None:
     queue_path, db = tmp_path / "q.db", tmp_path / "f.db"
     queue = LocalQueue(queue_path)

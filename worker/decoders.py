@@ -682,8 +682,17 @@ DECODE_CHOICES = ("auto", "process", "inline")
 def make_decoder(choice: str = "auto") -> Decoder:
     """auto: a helper process when there is a second CPU for it to run on. A helper is started here."""
     if choice == "auto":
-        choice = "process" if (os.cpu_count() or 1) > 1 else "inline"
+        choice = "process" if usable_cpus() > 1 else "inline"
     return ProcessDecoder().start() if choice == "process" else InlineDecoder()
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: a container's cpuset or `taskset` counts, not the machine's.
+    On one CPU a helper only adds the cost of sending its rows across the pipe."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS or Windows
+        return os.cpu_count() or 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import shutil
 import subprocess
 import sys
@@ -347,3 +348,25 @@ def test_a_failing_migration_leaves_the_database_as_it_was(
             pg_schema.migrate(conn, target=latest + 1)
         assert pg_schema.current_version(conn) == latest
         assert conn.execute("SELECT to_regclass('fine')").fetchone() == (None,)
+
+
+def test_a_batch_of_the_most_events_is_sorted_in_memory_not_in_a_temporary_file(store: PostgresStore) -> None:
+    """Each move sorts whole rows by key (docs/scaling-out.md, "How a batch is written"); at the
+    server's default work_mem a batch of 5,000 events sorted on disk. The most a sort holds is the
+    worker's largest batch, 5,000 events, of rows just under PostgreSQL's TOAST threshold (~2 KB:
+    a longer row is compressed or moved out of line before the sort). Text that does not compress
+    and ~1.6 KB rows: at 4 MB this spilled an 8 MB file."""
+    rnd = random.Random(14)
+    big = batch(*(click(f"big{n:05}", user_agent=rnd.randbytes(350).hex()) for n in range(5_000)))
+
+    def temporary_files() -> int:
+        # This session's counts reach pg_stat_database when its transaction ends: force that now.
+        store.conn.execute("SELECT pg_stat_force_next_flush()")
+        (count,) = store.conn.execute(
+            "SELECT temp_files FROM pg_stat_database WHERE datname = current_database()"
+        ).fetchone()
+        return int(count)
+
+    before = temporary_files()
+    assert store.write(big).events == 5_000
+    assert temporary_files() == before

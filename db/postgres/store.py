@@ -398,6 +398,7 @@ def newest_event_time(conn: Any, now: float) -> int | None:
 # worker's time on the server's side.
 GATHER_ROWS = 2_000
 GATHER_BYTES = 1 << 20
+SORT_MEMORY = "64MB"
 
 
 def _gathered(parts: Iterable[Rows]) -> Iterator[Rows]:
@@ -417,7 +418,13 @@ def _preamble(force_sync: bool) -> bytes:
     transaction, not per connection, so a pooler that hands each transaction another server
     session (PgBouncer in transaction mode) works too. One round trip (no parameters: psycopg
     sends it as one simple query)."""
-    statements: list[sql.Composable] = [sql.SQL("SET LOCAL client_min_messages = warning")]  # no NOTICEs
+    statements: list[sql.Composable] = [
+        sql.SQL("SET LOCAL client_min_messages = warning"),  # no NOTICEs
+        # The moves sort whole rows by key; at the default 4 MB a batch of 5,000 events sorted on
+        # disk (a temporary file, ~6 MB, each batch). The largest batch (16 MiB of decoded text)
+        # sorts in memory in this; it is this transaction's alone.
+        sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(SORT_MEMORY)),
+    ]
     statements += [table.create_stage() for table in TABLES]
     if force_sync:
         statements.append(sql.SQL("SET LOCAL synchronous_commit = on"))

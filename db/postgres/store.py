@@ -421,8 +421,9 @@ def _preamble(force_sync: bool) -> bytes:
     statements: list[sql.Composable] = [
         sql.SQL("SET LOCAL client_min_messages = warning"),  # no NOTICEs
         # The moves sort whole rows by key; at the default 4 MB a batch of 5,000 events sorted on
-        # disk (a temporary file, ~6 MB, each batch). The largest batch (16 MiB of decoded text)
-        # sorts in memory in this; it is this transaction's alone.
+        # disk (a temporary file of 6-8 MB, each batch). The most a sort holds, 5,000 rows just
+        # under the TOAST threshold (~2 KB: a longer row is compressed or moved out of line
+        # first), fits in this. LOCAL: this transaction's alone.
         sql.SQL("SET LOCAL work_mem = {}").format(sql.Literal(SORT_MEMORY)),
     ]
     statements += [table.create_stage() for table in TABLES]

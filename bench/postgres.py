@@ -128,12 +128,10 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 # -- the COPY ceiling --------------------------------------------------------------------------
 
 
-def copy_ceiling(
-    queue_path: Path, repeats: int, in_database: Callable[[Callable[[str], float]], float]
-) -> dict[str, Any]:
+def copy_ceiling(queue_path: Path, cluster: Any, repeats: int) -> dict[str, Any]:
     """The worker's rows, prebuilt and deduplicated (untimed), COPY into the tables: one
     transaction per batch of the worker's size. Timed: BEGIN, the four COPYs, COMMIT. `repeats`
-    times, each into a database `in_database` gives; the median run is kept."""
+    times, each into a new database; the median run is kept."""
     from db.postgres.store import TABLES
     from worker.rows import empty_as_none
 
@@ -153,7 +151,7 @@ def copy_ceiling(
             tables.append(kept)
         offered += len(b.events) + len(b.adjustments) + len(b.rejects)
         prepared.append(tables)
-    times = [in_database(lambda url: _copy_into(url, prepared)) for _ in range(repeats)]
+    times = [in_fresh_database(cluster, lambda url: _copy_into(url, prepared)) for _ in range(repeats)]
     return median_run([{"events": offered, "seconds": t, "events_per_second": offered / t} for t in times])
 
 
@@ -209,7 +207,7 @@ def measure(events: int, work: Path, repeats: int = REPEATS) -> dict[str, Any]:
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in CONFIGURATIONS}
     with PgCluster.started(SERVER_SETTINGS) as cluster:
         results["server"] = "PostgreSQL on 127.0.0.1, this machine; fsync on, synchronous_commit on"
-        results["copy_ceiling"] = copy_ceiling(source, repeats, lambda run: in_fresh_database(cluster, run))
+        results["copy_ceiling"] = copy_ceiling(source, cluster, repeats)
         for _ in range(repeats):
             for name, count, decode in CONFIGURATIONS:
                 queue = copy_queue(source, work / f"{name}.db")
